@@ -1,0 +1,360 @@
+//! What lnat changed in a stream, by position, so every copy of a segment gets the same bytes.
+//!
+//! A rewrite is a set of 4-byte XOR patches at TCP sequence numbers. The tracker records each one
+//! here as it decides it; a segment is then rewritten by applying every recorded patch that
+//! overlaps it. A retransmission, a duplicate, or a segment the stack dropped after TC and the
+//! peer sent again gets exactly the bytes the first copy got, whatever its boundaries.
+//!
+//! Patches are kept as runs (first position, stride, count, XOR): a stream of equal-sized messages
+//! to the same NID, the common case under load, is one run however many headers it holds.
+
+use crate::seq;
+
+/// Runs kept per flow; older runs are forgotten and `floor` records how far back that reaches.
+pub const RUNS: usize = 64;
+
+/// One patch: XOR `xor` into the four bytes at stream position `pos` (zero bytes are untouched).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Patch {
+    /// Sequence number of the first byte.
+    pub pos: u32,
+    /// XOR for bytes `pos..pos + 4`.
+    pub xor: [u8; 4],
+}
+
+/// Patches with the same XOR at `first + i * stride` for `i < count`.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Run {
+    /// Position of the first patch.
+    pub first: u32,
+    /// Distance between patches (0 while the run has one patch).
+    pub stride: u32,
+    /// Number of patches.
+    pub count: u32,
+    /// XOR of every patch.
+    pub xor: [u8; 4],
+}
+
+impl Run {
+    /// Position of the last patch.
+    const fn last(&self) -> u32 {
+        self.first.wrapping_add(self.count.wrapping_sub(1).wrapping_mul(self.stride))
+    }
+
+    /// Position just past the last patched byte.
+    pub const fn end(&self) -> u32 {
+        self.last().wrapping_add(4)
+    }
+
+    /// Adds `p` to this run if it continues it.
+    fn extend(&mut self, p: Patch) -> bool {
+        if self.count == 0 || self.xor != p.xor || !seq::after(p.pos, self.last()) {
+            return false;
+        }
+        let gap = p.pos.wrapping_sub(self.last());
+        if gap < 4 || (self.count > 1 && gap != self.stride) {
+            return false;
+        }
+        self.stride = gap;
+        self.count += 1;
+        true
+    }
+}
+
+/// A flow's recent patches.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct History {
+    /// The runs, filled round-robin.
+    pub runs: [Run; RUNS],
+    /// Slot the next new run goes to.
+    pub next: u32,
+    /// Slots in use.
+    pub used: u32,
+    /// Segments starting before this position may have lost patches to eviction.
+    pub floor: u32,
+    /// Position just past the newest patch: segments starting here or later need no history.
+    pub end: u32,
+}
+
+impl History {
+    /// An empty history for a stream whose first byte has sequence number `start`.
+    pub const fn new(start: u32) -> Self {
+        History {
+            runs: [Run { first: 0, stride: 0, count: 0, xor: [0; 4] }; RUNS],
+            next: 0,
+            used: 0,
+            floor: start,
+            end: start,
+        }
+    }
+
+    /// Forgets everything, for a new stream starting at `start`; slots are overwritten on use.
+    pub const fn reset(&mut self, start: u32) {
+        self.next = 0;
+        self.used = 0;
+        self.floor = start;
+        self.end = start;
+    }
+
+    /// Records a patch; a patch that changes nothing is not recorded.
+    pub fn push(&mut self, p: Patch) {
+        if p.xor == [0; 4] {
+            return;
+        }
+        self.end = seq::max(self.end, p.pos.wrapping_add(4));
+        // The newest run, or the one before it: V2 checksummed streams alternate NID and
+        // dest_pid patches, each forming its own run.
+        let mut back = 1;
+        while back <= 2 && back <= self.used as usize {
+            let idx = (self.next as usize + RUNS - back) % RUNS;
+            if let Some(run) = self.runs.get_mut(idx)
+                && run.extend(p)
+            {
+                return;
+            }
+            back += 1;
+        }
+        let idx = self.next as usize % RUNS;
+        if let Some(slot) = self.runs.get_mut(idx) {
+            if self.used as usize == RUNS {
+                self.floor = seq::max(self.floor, slot.end());
+            } else {
+                self.used += 1;
+            }
+            *slot = Run { first: p.pos, stride: 0, count: 1, xor: p.xor };
+        }
+        self.next = ((idx + 1) % RUNS) as u32;
+    }
+
+    /// True when a segment starting at `seq` reaches back to where patches were forgotten.
+    pub const fn misses(&self, seq: u32) -> bool {
+        seq::before(seq, self.floor)
+    }
+
+    /// True when a segment starting at `seq` may overlap a recorded patch.
+    pub const fn reaches(&self, seq: u32) -> bool {
+        seq::before(seq, self.end)
+    }
+}
+
+/// A patch cut to the part of it inside one segment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Clip {
+    /// Offset of the first changed byte from the start of the segment's payload.
+    pub off: u32,
+    /// Number of bytes from `off` (1 to 4).
+    pub len: u32,
+    /// XOR for those bytes, from index 0.
+    pub xor: [u8; 4],
+}
+
+impl Patch {
+    /// The part of this patch inside the segment `[seq, seq + len)`, if it changes anything there.
+    pub fn clip(&self, seq: u32, len: u32) -> Option<Clip> {
+        let rel = seq::delta(seq, self.pos);
+        let start = if rel < 0 { 0 } else { rel };
+        let end = if rel + 4 < len as i64 { rel + 4 } else { len as i64 };
+        if start >= end {
+            return None;
+        }
+        let skip = (start - rel) as usize;
+        let n = (end - start) as usize;
+        let mut xor = [0u8; 4];
+        let mut any = 0;
+        let mut i = 0;
+        while i < 4 && i < n {
+            let b = self.xor[(skip + i) & 3];
+            xor[i] = b;
+            any |= b;
+            i += 1;
+        }
+        (any != 0).then_some(Clip { off: start as u32, len: n as u32, xor })
+    }
+}
+
+/// Walks the recorded patches that overlap one segment.
+///
+/// A plain cursor advanced one step per call rather than a borrowing iterator, so the eBPF
+/// program can drive it from a `bpf_loop` callback with no loop of its own to verify.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PatchWalk {
+    seq: u32,
+    len: u32,
+    run: u32,
+    member: u32,
+    member_end: u32,
+    started: bool,
+}
+
+/// One step of a [`PatchWalk`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WalkStep {
+    /// A patch to apply.
+    Patch(Clip),
+    /// Moved on without a patch; call again.
+    Moved,
+    /// No more patches overlap the segment.
+    Done,
+}
+
+impl PatchWalk {
+    /// A walk over the patches overlapping `[seq, seq + len)`.
+    pub const fn new(seq: u32, len: u32) -> Self {
+        PatchWalk { seq, len, run: 0, member: 0, member_end: 0, started: false }
+    }
+
+    /// The members of `run` whose four bytes overlap the segment, as `[lo, hi)`.
+    fn members(&self, run: &Run) -> (u32, u32) {
+        if run.count == 0 {
+            return (0, 0);
+        }
+        let from_start = seq::delta(run.first, self.seq);
+        let to_end = from_start + self.len as i64;
+        if to_end <= 0 {
+            return (0, 0);
+        }
+        if run.count == 1 || run.stride == 0 {
+            return if from_start < 4 { (0, 1) } else { (0, 0) };
+        }
+        let stride = run.stride as i64;
+        // Member i covers [i * stride, i * stride + 4) relative to `first`.
+        let lo = if from_start < 4 { 0 } else { (from_start - 4) / stride + 1 };
+        let hi = (to_end + stride - 1) / stride;
+        let hi = if hi > run.count as i64 { run.count as i64 } else { hi };
+        if lo >= hi { (0, 0) } else { (lo as u32, hi as u32) }
+    }
+
+    /// Advances by one member or one run.
+    pub fn step(&mut self, h: &History) -> WalkStep {
+        if self.member < self.member_end {
+            let Some(run) = h.runs.get(self.run as usize) else {
+                return WalkStep::Done;
+            };
+            let pos = run.first.wrapping_add(self.member.wrapping_mul(run.stride));
+            self.member += 1;
+            return match (Patch { pos, xor: run.xor }).clip(self.seq, self.len) {
+                Some(c) => WalkStep::Patch(c),
+                None => WalkStep::Moved,
+            };
+        }
+        let idx = if self.started { self.run + 1 } else { 0 };
+        self.started = true;
+        self.run = idx;
+        let Some(run) = h.runs.get(idx as usize).filter(|_| idx < h.used) else {
+            self.member_end = 0;
+            return WalkStep::Done;
+        };
+        let (lo, hi) = self.members(run);
+        self.member = lo;
+        self.member_end = hi;
+        WalkStep::Moved
+    }
+
+    /// The next patch, stepping as far as needed (host code and tests).
+    pub fn next(&mut self, h: &History) -> Option<Clip> {
+        loop {
+            match self.step(h) {
+                WalkStep::Patch(c) => return Some(c),
+                WalkStep::Moved => {}
+                WalkStep::Done => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    /// Applies every patch overlapping the segment to a copy of it.
+    fn apply(h: &History, seq: u32, seg: &[u8]) -> Vec<u8> {
+        let mut out = seg.to_vec();
+        let mut walk = PatchWalk::new(seq, seg.len() as u32);
+        while let Some(c) = walk.next(h) {
+            for i in 0..c.len as usize {
+                out[c.off as usize + i] ^= c.xor[i];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn clip_cuts_at_both_ends() {
+        let p = Patch { pos: 100, xor: [1, 2, 3, 4] };
+        assert_eq!(p.clip(100, 10), Some(Clip { off: 0, len: 4, xor: [1, 2, 3, 4] }));
+        assert_eq!(p.clip(98, 4), Some(Clip { off: 2, len: 2, xor: [1, 2, 0, 0] }));
+        assert_eq!(p.clip(102, 1), Some(Clip { off: 0, len: 1, xor: [3, 0, 0, 0] }));
+        assert_eq!(p.clip(104, 10), None);
+        assert_eq!(p.clip(90, 10), None);
+        let sparse = Patch { pos: 100, xor: [0, 0, 7, 0] };
+        assert_eq!(sparse.clip(100, 2), None);
+        assert_eq!(sparse.clip(u32::MAX - 10, 200).map(|c| c.off), Some(111));
+    }
+
+    #[test]
+    fn equal_strides_merge_into_one_run() {
+        let mut h = History::new(0);
+        for i in 0..1000u32 {
+            h.push(Patch { pos: 24 + i * 96, xor: [9, 9, 0, 0] });
+        }
+        assert_eq!(h.used, 1);
+        assert_eq!(h.runs[0].count, 1000);
+        // Alternating NID and dest_pid patches form two runs.
+        let mut h = History::new(0);
+        for i in 0..50u32 {
+            h.push(Patch { pos: 24 + i * 112, xor: [1, 0, 0, 0] });
+            h.push(Patch { pos: 40 + i * 112, xor: [2, 0, 0, 0] });
+        }
+        assert_eq!(h.used, 2);
+    }
+
+    #[test]
+    fn walk_matches_patching_the_whole_stream() {
+        let mut seed = 7u32;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for round in 0..200 {
+            let base = if round % 2 == 0 { 1000 } else { u32::MAX - 3000 };
+            let mut h = History::new(base);
+            let stream_len = 4000u32;
+            let mut want = std::vec![0u8; stream_len as usize];
+            let mut pos = 0u32;
+            while pos + 8 < stream_len {
+                let xor = if rnd() % 4 == 0 { [1, 0, 2, 0] } else { [0, 3, 0, 4] };
+                h.push(Patch { pos: base.wrapping_add(pos), xor });
+                for i in 0..4 {
+                    want[(pos + i) as usize] ^= xor[i as usize];
+                }
+                pos += 4 + if rnd() % 2 == 0 { 92 } else { rnd() % 200 };
+            }
+            assert!(!h.misses(base), "too many runs for this test");
+            for _ in 0..50 {
+                let s = rnd() % stream_len;
+                let l = 1 + rnd() % (stream_len - s);
+                let got = apply(&h, base.wrapping_add(s), &std::vec![0u8; l as usize]);
+                assert_eq!(got[..], want[s as usize..(s + l) as usize], "segment {s}+{l}");
+            }
+        }
+    }
+
+    #[test]
+    fn eviction_raises_the_floor() {
+        let mut h = History::new(0);
+        for i in 0..(RUNS as u32 + 3) {
+            h.push(Patch { pos: i * 1000, xor: [i as u8 + 1, 0, 0, 0] });
+        }
+        assert_eq!(h.used as usize, RUNS);
+        assert_eq!(h.floor, 2004);
+        assert!(h.misses(2003) && !h.misses(2004));
+        assert!(h.reaches((RUNS as u32 + 2) * 1000 + 3));
+        assert!(!h.reaches((RUNS as u32 + 2) * 1000 + 4));
+    }
+}

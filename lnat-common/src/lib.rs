@@ -1,0 +1,24 @@
+//! The protocol brain of lnat, shared by the eBPF datapath, the `lnat` command and the tests.
+//!
+//! Pure `no_std` logic: NIDs, the socklnd wire format, and the stream tracker that decides which
+//! bytes of a Lustre connection's byte stream to rewrite. The datapath only moves bytes between
+//! packets and this crate.
+#![no_std]
+
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+pub mod crc;
+pub mod csum;
+pub mod history;
+pub mod maps;
+pub mod nid;
+pub mod segment;
+pub mod seq;
+pub mod tracker;
+pub mod wire;
+
+#[cfg(any(test, feature = "std"))]
+pub mod reference;
+#[cfg(any(test, feature = "std"))]
+pub mod testkit;

@@ -1,0 +1,209 @@
+//! The types of lnat's BPF maps, shared by the datapath and the `lnat` command.
+//!
+//! All are `#[repr(C)]` plain data. Addresses are kept as four bytes in dotted order and NIDs as
+//! (address, LND, number) so that `bpftool map dump` of the BTF-typed maps reads naturally.
+
+use crate::{nid::Nid, tracker::Tracker};
+
+/// Most LNet ports one attachment follows.
+pub const MAX_PORTS: usize = 8;
+/// Default capacity of the flow table.
+pub const DEFAULT_FLOWS: u32 = 4096;
+/// Capacity of the mapping table.
+pub const MAX_MAPPINGS: u32 = 256;
+
+/// Names of the pinned maps, as `bpftool` and `lnat status` find them.
+pub mod names {
+    /// Per-interface settings written by `lnat attach` ([`super::Config`]).
+    pub const CONFIG: &str = "LNAT_CONFIG";
+    /// External NID to local address ([`super::NidKey`] to [`super::Mapping`]).
+    pub const MAPPINGS: &str = "LNAT_MAPPINGS";
+    /// Followed connections ([`super::FlowKey`] to [`super::FlowState`]).
+    pub const FLOWS: &str = "LNAT_FLOWS";
+    /// Per-CPU decision counters ([`super::Counters`]).
+    pub const COUNTERS: &str = "LNAT_COUNTERS";
+    /// Learned mappings, as they happen ([`super::LearnEvent`]).
+    pub const EVENTS: &str = "LNAT_EVENTS";
+    /// Scratch space for building a flow entry ([`super::FlowState`]).
+    pub const SCRATCH: &str = "LNAT_SCRATCH";
+    /// Every map lnat pins, in the order `lnat status` reports them.
+    pub const ALL: [&str; 6] = [CONFIG, MAPPINGS, FLOWS, COUNTERS, EVENTS, SCRATCH];
+}
+
+/// An IPv4 address as four bytes in dotted order.
+pub type Addr = [u8; 4];
+
+/// A connection as an ingress packet names it: the peer sends from `peer`, we receive on `local`.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct FlowKey {
+    /// The sender's address.
+    pub peer_addr: Addr,
+    /// Our address.
+    pub local_addr: Addr,
+    /// The sender's port.
+    pub peer_port: u16,
+    /// Our port.
+    pub local_port: u16,
+}
+
+/// An IPv4 NID as a map key.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, PartialOrd, Ord)]
+pub struct NidKey {
+    /// Address in dotted order.
+    pub addr: Addr,
+    /// LND type (2 for tcp).
+    pub lnd: u16,
+    /// Net number.
+    pub num: u16,
+}
+
+impl NidKey {
+    /// The key of `nid`.
+    pub const fn of(nid: Nid) -> Self {
+        NidKey { addr: nid.addr().to_be_bytes(), lnd: nid.lnd(), num: nid.num() }
+    }
+
+    /// The NID this key names.
+    pub const fn nid(&self) -> Nid {
+        Nid::new(u32::from_be_bytes(self.addr), self.lnd, self.num)
+    }
+}
+
+/// Where a mapping came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Origin {
+    /// From a server's HELLO on a connection we opened.
+    Learned = 1,
+    /// From `--external` or `lnat map add`.
+    Static = 2,
+}
+
+/// What an external NID becomes.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Mapping {
+    /// The local address to write; 0.0.0.0 means each connection's own address.
+    pub local_addr: Addr,
+    /// [`Origin`].
+    pub origin: u8,
+    /// Keeps the counters aligned.
+    pub _pad: [u8; 3],
+    /// NIDs rewritten through this mapping.
+    pub hits: u64,
+    /// `bpf_ktime_get_ns` of the last rewrite (or of creation).
+    pub last_used_ns: u64,
+}
+
+/// Settings of one attachment, in slot 0 of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Config {
+    /// LNet acceptor ports to follow.
+    pub ports: [u16; MAX_PORTS],
+    /// How many of `ports` are set.
+    pub nports: u8,
+    /// 1 to learn external NIDs from HELLOs.
+    pub learn: u8,
+    /// Bytes of link-layer header before IPv4 (14 on Ethernet, 0 on IP-only devices).
+    pub l2_len: u8,
+    /// Keeps the next field aligned.
+    pub _pad: u8,
+    /// Bumped on every mapping change, so flows drop cached lookups.
+    pub generation: u32,
+    /// The external NID most recently learned or added: the first guess for new connections.
+    pub hint: NidKey,
+}
+
+/// What the datapath decided, summed over CPUs by `lnat status`.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Counters {
+    /// TCP segments with payload on a followed connection.
+    pub segments: u64,
+    /// NID addresses rewritten.
+    pub rewritten: u64,
+    /// V2 checksummed messages whose dest_pid compensates a rewrite.
+    pub compensated: u64,
+    /// External NIDs learned from HELLOs.
+    pub learned: u64,
+    /// Learned NIDs the mapping table had no room for.
+    pub learn_failed: u64,
+    /// Segments dropped because they start past a header not yet seen (TCP resends them).
+    pub dropped_ooo: u64,
+    /// Connections given up as unfollowable and passed through from then on.
+    pub desynced: u64,
+    /// Segments on an LNet port with no flow state (evicted, or older than the attachment).
+    pub evicted: u64,
+    /// NIDs decided on their first bytes that the whole NID contradicted.
+    pub conflicts: u64,
+    /// Segments reaching back past the patch history.
+    pub history_misses: u64,
+    /// Connections followed from their handshake.
+    pub flows_opened: u64,
+    /// Connections forgotten on FIN or RST.
+    pub flows_closed: u64,
+    /// Packets passed without a look at their payload (not IPv4 TCP on an LNet port).
+    pub passed: u64,
+    /// IPv4 fragments on an LNet port, passed untouched.
+    pub fragments: u64,
+}
+
+/// The adapter's cache of the last mapping lookup, so headers to the same NID skip the map.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct LookupCache {
+    /// The NID looked up.
+    pub nid: u64,
+    /// [`Config::generation`] when it was looked up.
+    pub generation: u32,
+    /// The mapped address (0 for the flow's own) when `mapped` is 1.
+    pub local: u32,
+    /// 1 when `nid` is mapped, 0 when not.
+    pub mapped: u8,
+    /// 1 when the cache holds a lookup.
+    pub valid: u8,
+    /// Keeps the struct a multiple of 8 bytes.
+    pub _pad: [u8; 6],
+}
+
+/// One followed connection.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FlowState {
+    /// Where the stream is and what was rewritten in it.
+    pub tracker: Tracker,
+    /// The last mapping lookup.
+    pub cache: LookupCache,
+    /// `bpf_ktime_get_ns` when the handshake was seen.
+    pub opened_ns: u64,
+    /// NIDs rewritten on this connection.
+    pub rewrites: u64,
+}
+
+/// A learned mapping, as the datapath reports it to `lnat attach`.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct LearnEvent {
+    /// The NID the server named us by.
+    pub external: NidKey,
+    /// Our NID on that net.
+    pub local: NidKey,
+    /// The connection it was learned on.
+    pub flow: FlowKey,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each is `#[repr(C)]`, `Copy`, made of integers and arrays of integers with explicit
+    // padding fields, so every byte pattern is a valid value.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::NidKey {}
+    unsafe impl aya::Pod for super::Mapping {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::LearnEvent {}
+}

@@ -1,0 +1,420 @@
+//! Host-side harness for the tracker: LNet stream builder, a segment-delivery simulator, and the
+//! environment and packet stand-ins the datapath provides for real.
+//!
+//! Shared by the property tests, the golden-capture tests and the fuzz target, so they all drive
+//! the tracker through [`crate::segment`] exactly as the eBPF program does.
+
+use std::{collections::BTreeMap, vec, vec::Vec};
+
+use crate::{
+    crc,
+    history::Clip,
+    nid::Nid,
+    reference::{self, Setup},
+    segment::{self, Packet},
+    tracker::{Admit, Env, Note, Role, Tracker},
+    wire::{self, Connreq, Endian, Hello, KsockHdr, LnetHdr, LnetType, Proto},
+};
+
+/// A mapping table and learning switch, recording what the tracker reports.
+#[derive(Clone, Debug, Default)]
+pub struct MapEnv {
+    /// External NID to local address (0: the flow's own).
+    pub mappings: BTreeMap<Nid, u32>,
+    /// Whether HELLOs teach external NIDs.
+    pub learn: bool,
+    /// NIDs learned, in order.
+    pub learned: Vec<Nid>,
+    /// Everything noted, in order.
+    pub notes: Vec<Note>,
+}
+
+impl MapEnv {
+    /// How many times `what` was noted.
+    pub fn count(&self, what: Note) -> usize {
+        self.notes.iter().filter(|n| **n == what).count()
+    }
+}
+
+impl Env for MapEnv {
+    fn mapping(&mut self, nid: Nid) -> Option<u32> {
+        self.mappings.get(&nid).copied()
+    }
+    fn learning(&self) -> bool {
+        self.learn
+    }
+    fn learn(&mut self, ext: Nid, _local: Nid) {
+        self.mappings.insert(ext, 0);
+        self.learned.push(ext);
+    }
+    fn note(&mut self, what: Note) {
+        self.notes.push(what);
+    }
+}
+
+/// A segment payload in memory.
+pub struct VecPacket<'a>(pub &'a mut [u8]);
+
+impl Packet for VecPacket<'_> {
+    fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {
+        let off = off as usize;
+        match self.0.get(off..off + dst.len()) {
+            Some(src) => {
+                dst.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+    fn patch(&mut self, clip: &Clip) -> bool {
+        let off = clip.off as usize;
+        match self.0.get_mut(off..off + clip.len as usize) {
+            Some(dst) => {
+                for (b, x) in dst.iter_mut().zip(clip.xor) {
+                    *b ^= x;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One unit after the HELLO.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// A socklnd NOOP (V2..V4).
+    Noop,
+    /// An LNet message.
+    Lnet {
+        /// The header; payload_length is set from `payload`.
+        hdr: LnetHdr,
+        /// Payload bytes.
+        payload: Vec<u8>,
+        /// Whether to checksum it (V2 `enable_csum`).
+        csum: bool,
+    },
+    /// Raw bytes, for garbage.
+    Raw(Vec<u8>),
+}
+
+/// A stream as one peer sends it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// The connection request, on a connection the peer opened.
+    pub connreq: Option<Connreq>,
+    /// The peer's byte order.
+    pub endian: Endian,
+    /// The peer's HELLO.
+    pub hello: Hello,
+    /// What follows.
+    pub units: Vec<Unit>,
+}
+
+impl StreamSpec {
+    /// Encodes the stream, computing checksums where asked.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        if let Some(req) = &self.connreq {
+            let n = req.encode(self.endian, &mut buf);
+            out.extend_from_slice(&buf[..n]);
+        }
+        let mut hello = vec![0u8; self.hello.len()];
+        self.hello.encode(self.endian, &mut hello);
+        out.extend_from_slice(&hello);
+        for u in &self.units {
+            out.extend_from_slice(&encode_unit(self.hello.proto, self.endian, u));
+        }
+        out
+    }
+}
+
+/// Encodes one unit for `proto`.
+pub fn encode_unit(proto: Proto, endian: Endian, u: &Unit) -> Vec<u8> {
+    let mut buf = [0u8; 128];
+    match u {
+        Unit::Noop => {
+            let n = KsockHdr { msg_type: wire::MSG_NOOP, ..KsockHdr::default() }.encode(endian, &mut buf);
+            buf[..n].to_vec()
+        }
+        Unit::Raw(b) => b.clone(),
+        Unit::Lnet { hdr, payload, csum } => {
+            let mut hdr = *hdr;
+            hdr.payload_length = payload.len() as u32;
+            let mut msg = Vec::new();
+            if proto != Proto::V1 {
+                let n = KsockHdr { msg_type: wire::MSG_LNET, ..KsockHdr::default() }.encode(endian, &mut buf);
+                msg.extend_from_slice(&buf[..n]);
+            }
+            let n = hdr.encode(proto, endian, &mut buf);
+            msg.extend_from_slice(&buf[..n]);
+            msg.extend_from_slice(payload);
+            if *csum && proto != Proto::V1 {
+                let c = crc::crc32_le(!0, &msg);
+                endian.put_u32(&mut msg, wire::ksock::CSUM, c);
+            }
+            msg
+        }
+    }
+}
+
+/// Checks every nonzero socklnd checksum in a stream as the receiving kernel does; returns the
+/// offset of the first message that fails.
+pub fn check_csums(stream: &[u8], spec: &StreamSpec) -> Result<usize, usize> {
+    let proto = spec.hello.proto;
+    let mut p = spec.connreq.map_or(0, |r| r.len()) + spec.hello.len();
+    let mut checked = 0;
+    if proto == Proto::V1 {
+        return Ok(0);
+    }
+    let hdr = proto.lnet_hdr();
+    while p + wire::ksock::LEN <= stream.len() {
+        let k = KsockHdr::decode(spec.endian, &stream[p..]).map_err(|_| p)?;
+        let len = match k.msg_type {
+            wire::MSG_NOOP => wire::ksock::LEN,
+            wire::MSG_LNET => {
+                let at = p + wire::ksock::LEN + hdr.payload_length;
+                wire::ksock::LEN + hdr.len + spec.endian.u32(stream, at) as usize
+            }
+            _ => return Err(p),
+        };
+        let msg = stream.get(p..p + len).ok_or(p)?;
+        if k.csum != 0 {
+            let mut m = msg.to_vec();
+            m[wire::ksock::CSUM..wire::ksock::CSUM + 4].fill(0);
+            if crc::crc32_le(!0, &m) != k.csum {
+                return Err(p);
+            }
+            checked += 1;
+        }
+        p += len;
+    }
+    Ok(checked)
+}
+
+/// A small deterministic generator, so a failing case is a seed.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// A number in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Who talks to whom in a generated stream.
+#[derive(Clone, Copy, Debug)]
+pub struct Cast {
+    /// The peer (sender) NID.
+    pub peer: Nid,
+    /// The NID the peer addresses us by (the NAT's, for the case lnat exists for).
+    pub external: Nid,
+    /// Our own NID.
+    pub local: Nid,
+}
+
+/// Generates a random stream: every message type, NOOPs, zero and odd payloads, checksums on
+/// V2, dest NIDs drawn from `dests`.
+pub fn random_stream(rng: &mut Rng, role: Role, proto: Proto, endian: Endian, cast: Cast, dests: &[Nid]) -> StreamSpec {
+    let connreq = (role == Role::Passive).then(|| Connreq {
+        nid: cast.external,
+        version: if proto == Proto::V4 { 2 } else { 1 },
+    });
+    let hello = Hello {
+        proto,
+        src_nid: cast.peer,
+        dst_nid: if proto == Proto::V1 { Nid::ANY } else { cast.external },
+        src_pid: wire::PID_LUSTRE,
+        dst_pid: if proto == Proto::V1 { 0 } else { wire::PID_USERFLAG | 40001 },
+        src_incarnation: rng.next(),
+        dst_incarnation: 0,
+        ctype: 1 + rng.below(3) as u32,
+        nips: if rng.chance(20) { rng.below(3) as u32 } else { 0 },
+    };
+    let csum = proto == Proto::V2 && rng.chance(70);
+    let count = 1 + rng.below(40) as usize;
+    let mut units = Vec::new();
+    for _ in 0..count {
+        if proto != Proto::V1 && rng.chance(15) {
+            units.push(Unit::Noop);
+            continue;
+        }
+        let msg_type = match rng.below(4) {
+            0 => LnetType::Ack,
+            1 => LnetType::Put,
+            2 => LnetType::Get,
+            _ => LnetType::Reply,
+        };
+        let len = match msg_type {
+            LnetType::Ack | LnetType::Get => 0,
+            _ => match rng.below(6) {
+                0 => 0,
+                1 => 1 + 2 * rng.below(40) as usize,
+                2 => 4096,
+                3 => rng.below(3000) as usize,
+                _ => rng.below(200) as usize,
+            },
+        };
+        let mut body = [0u8; wire::LnetHdrLayout::BODY_LEN];
+        body.iter_mut().for_each(|b| *b = rng.next() as u8);
+        let hdr = LnetHdr {
+            dest_nid: dests[rng.below(dests.len() as u64) as usize],
+            src_nid: cast.peer,
+            dest_pid: wire::PID_USERFLAG | rng.below(65536) as u32,
+            src_pid: wire::PID_LUSTRE,
+            msg_type: msg_type as u32,
+            payload_length: 0,
+            body,
+        };
+        let payload = (0..len).map(|_| rng.next() as u8).collect();
+        units.push(Unit::Lnet { hdr, payload, csum });
+    }
+    StreamSpec { connreq, endian, hello, units }
+}
+
+/// One copy of a segment as it reaches the datapath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Stream offset of its first byte.
+    pub start: usize,
+    /// Stream offset past its last byte.
+    pub end: usize,
+    /// Lost before the datapath sees it.
+    pub lost: bool,
+    /// Seen by the datapath, then dropped by the stack.
+    pub dropped_after: bool,
+}
+
+/// How hostile the delivery is, in percent per segment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Weather {
+    /// Largest segment.
+    pub max_seg: usize,
+    /// Loss before the datapath.
+    pub loss: u64,
+    /// Drop after the datapath.
+    pub drop_after: u64,
+    /// Duplicate of an earlier range.
+    pub dup: u64,
+    /// Resend of lost data coalesced with what follows.
+    pub coalesce: u64,
+}
+
+/// What a delivery produced.
+#[derive(Debug)]
+pub struct Delivered {
+    /// The receiving stack's view: each byte from the first copy it accepted.
+    pub received: Vec<u8>,
+    /// Every copy the datapath passed, with its bytes as passed.
+    pub copies: Vec<(usize, Vec<u8>)>,
+    /// Copies the datapath dropped as out of order.
+    pub dropped: usize,
+    /// The environment after the delivery.
+    pub env: MapEnv,
+    /// The tracker after the delivery.
+    pub tracker: std::boxed::Box<Tracker>,
+}
+
+/// Delivers `stream` (first byte at sequence number `isn`) to a tracker through a hostile
+/// network, TCP-style: lost and dropped data is sent again until the receiver has it all.
+pub fn deliver(stream: &[u8], isn: u32, role: Role, local: u32, env: MapEnv, hint: Nid, w: Weather, rng: &mut Rng) -> Delivered {
+    let mut t = std::boxed::Box::new(Tracker::new(role, isn, local, hint));
+    let mut env = env;
+    let n = stream.len();
+    let mut have = vec![false; n];
+    let mut received = vec![0u8; n];
+    let mut copies = Vec::new();
+    let mut dropped = 0;
+    let mut next_new = 0usize;
+    let mut rounds = 0;
+    while have.iter().any(|h| !h) {
+        rounds += 1;
+        assert!(rounds < 200_000, "delivery does not converge");
+        let first_missing = have.iter().position(|h| !h).unwrap_or(n);
+        let (start, end) = if next_new < n && !rng.chance(15) {
+            // New data, or a duplicate of something earlier.
+            if next_new > 0 && rng.chance(w.dup) {
+                let a = rng.below(next_new as u64) as usize;
+                (a, (a + 1 + rng.below(w.max_seg as u64) as usize).min(next_new))
+            } else {
+                let s = next_new;
+                let e = (s + 1 + rng.below(w.max_seg as u64) as usize).min(n);
+                next_new = e;
+                (s, e)
+            }
+        } else {
+            // Retransmit from the first byte the receiver lacks, maybe coalesced.
+            let s = first_missing;
+            let limit = if rng.chance(w.coalesce) { 2 * w.max_seg } else { w.max_seg };
+            let e = (s + 1 + rng.below(limit as u64) as usize).min(n.max(s + 1)).min(n);
+            next_new = next_new.max(e);
+            (s, e)
+        };
+        if start >= end {
+            continue;
+        }
+        let seg = Segment {
+            start,
+            end,
+            lost: rng.chance(w.loss),
+            dropped_after: rng.chance(w.drop_after),
+        };
+        if seg.lost {
+            continue;
+        }
+        let mut bytes = stream[start..end].to_vec();
+        let seq = isn.wrapping_add(start as u32);
+        match segment::process(&mut t, seq, bytes.len() as u32, &mut VecPacket(&mut bytes), &mut env, 1 << 16) {
+            Admit::Drop => {
+                dropped += 1;
+                continue;
+            }
+            Admit::Pass | Admit::Track { .. } => {}
+        }
+        copies.push((start, bytes.clone()));
+        if seg.dropped_after {
+            continue;
+        }
+        for (i, b) in bytes.iter().enumerate() {
+            if !have[start + i] {
+                have[start + i] = true;
+                received[start + i] = *b;
+            }
+        }
+    }
+    Delivered { received, copies, dropped, env, tracker: t }
+}
+
+/// True when every copy agrees with `want` at every byte it carries.
+pub fn copies_agree(d: &Delivered, want: &[u8]) -> Result<(), (usize, u8, u8)> {
+    for (start, bytes) in &d.copies {
+        for (i, b) in bytes.iter().enumerate() {
+            if want[start + i] != *b {
+                return Err((start + i, *b, want[start + i]));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The reference rewrite of `stream` for a receiver set up like `env`.
+pub fn expected(stream: &[u8], role: Role, local: u32, env: &MapEnv) -> reference::Rewritten {
+    reference::rewrite(stream, &Setup { role, local, mappings: env.mappings.clone(), learn: env.learn })
+}

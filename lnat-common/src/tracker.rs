@@ -1,0 +1,716 @@
+//! The socklnd stream tracker: where the next header is, and what in it to rewrite.
+//!
+//! One [`Tracker`] follows one direction of one TCP connection: the bytes a peer sends to the
+//! host lnat runs on. It is fed the stream in order, a window at a time, and works in *units*:
+//! the acceptor connection request (only on connections the peer opened), the peer's HELLO, then
+//! messages. For each unit it buffers only the fixed prefix it needs (at most [`PREFIX_MAX`]
+//! bytes), frames the unit from it, and skips the payload without reading it.
+//!
+//! When the bytes of a NID field arrive it decides whether that NID becomes ours: the HELLO's
+//! dst_nid on a connection we opened always does when learning is on (the server's HELLO names
+//! us as it sees us), any other NID does when the [`Env`] maps it. The decision is made as soon as
+//! the first address byte is in hand. If the segment ends inside the NID, the rest of it is not
+//! known yet; the tracker then decides on the bytes it has, matched against the NID the peer
+//! named us by in its HELLO (socklnd addresses every message on a connection to that peer), and
+//! reports a conflict if the complete NID later disagrees. Only the four address bytes ever
+//! change: the local NID is the flow's own address on the same LNet net.
+//!
+//! Decisions leave the tracker as [`Patch`]es: recorded in the flow's [`History`] for copies of
+//! the segment that come again, and returned from [`Tracker::advance`] for the segment in hand.
+
+use crate::{
+    crc,
+    history::{History, Patch},
+    nid::{Nid, NidForm},
+    seq,
+    wire::{self, Endian, Proto},
+};
+
+/// Longest unit prefix the tracker buffers: a V4 LNet message up to payload_length.
+pub const PREFIX_MAX: usize = 80;
+
+/// Which side opened the connection, seen from the host lnat runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Role {
+    /// We connected to the peer's acceptor: the stream opens with the peer's HELLO.
+    Active = 1,
+    /// The peer connected to our acceptor: the stream opens with a connection request.
+    Passive = 2,
+}
+
+/// Why a stream could no longer be followed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Desync {
+    /// Not an acceptor request or a socklnd HELLO.
+    BadMagic = 1,
+    /// A version socklnd does not speak.
+    BadVersion = 2,
+    /// A message type socklnd rejects.
+    BadType = 3,
+    /// A payload longer than LNet allows.
+    TooLong = 4,
+    /// A HELLO listing more addresses than socklnd accepts.
+    TooManyIps = 5,
+    /// A V1 HELLO that is not an LNet HELLO header.
+    NotHello = 6,
+    /// A segment held more units than the datapath will parse in one packet.
+    Overrun = 7,
+}
+
+impl Desync {
+    /// The reason for a stored code, if it is one.
+    pub const fn from_u8(v: u8) -> Option<Desync> {
+        match v {
+            1 => Some(Desync::BadMagic),
+            2 => Some(Desync::BadVersion),
+            3 => Some(Desync::BadType),
+            4 => Some(Desync::TooLong),
+            5 => Some(Desync::TooManyIps),
+            6 => Some(Desync::NotHello),
+            7 => Some(Desync::Overrun),
+            _ => None,
+        }
+    }
+
+    /// A short name for logs and status output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Desync::BadMagic => "bad magic",
+            Desync::BadVersion => "unknown version",
+            Desync::BadType => "bad message type",
+            Desync::TooLong => "payload too long",
+            Desync::TooManyIps => "too many HELLO addresses",
+            Desync::NotHello => "V1 HELLO is not a HELLO",
+            Desync::Overrun => "too many units in one packet",
+        }
+    }
+}
+
+/// Things the tracker tells its environment as they happen.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Note {
+    /// A NID's address was rewritten.
+    Rewrote,
+    /// A V2 checksummed message got its dest_pid compensation.
+    Compensated,
+    /// A NID decided on its first bytes turned out to want a different decision.
+    Conflict,
+    /// The stream can no longer be followed.
+    Desynced(Desync),
+}
+
+/// What the tracker asks of the datapath (or of a test).
+pub trait Env {
+    /// The address `nid` maps to, if it is a mapped external NID; `Some(0)` means "the flow's own".
+    fn mapping(&mut self, nid: Nid) -> Option<u32>;
+    /// Whether an active HELLO's dst_nid teaches us our external NID.
+    fn learning(&self) -> bool;
+    /// An active HELLO named us `ext`; `local` is who we are. Called once the HELLO is complete,
+    /// before the next unit is parsed, only when `ext` is not mapped yet.
+    fn learn(&mut self, ext: Nid, local: Nid);
+    /// Something worth counting happened.
+    fn note(&mut self, what: Note);
+}
+
+/// How a segment relates to the tracker's position.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Admit {
+    /// Nothing to do: no payload, or the flow is no longer followed.
+    Pass,
+    /// The segment starts beyond the next unparsed byte: its headers cannot be found.
+    Drop,
+    /// Rewrite it (history first, then parse from the cursor); `miss` when it reaches back past
+    /// the forgotten part of the history.
+    Track {
+        /// True when part of the segment predates the patch history.
+        miss: bool,
+    },
+}
+
+const UNIT_CONNREQ: u8 = 0;
+const UNIT_HELLO: u8 = 1;
+const UNIT_MSG: u8 = 2;
+
+/// The peer is other-endian.
+const F_FLIP: u8 = 1;
+/// The unit's magic or type has been read and `need` is the full prefix.
+const F_PROBED: u8 = 2;
+/// The current NID has been decided.
+const F_DECIDED: u8 = 4;
+/// The decision is to write `target` into the address.
+const F_REWRITE: u8 = 8;
+/// The decision was made before the whole NID was in hand.
+const F_PREFIX: u8 = 16;
+/// The stream is no longer followed.
+const F_DESYNC: u8 = 32;
+/// The V2 dest_pid compensation for the current message has been emitted.
+const F_PID_DONE: u8 = 64;
+
+/// Most patches one call to [`Tracker::advance`] can emit: an address part and a compensation.
+pub const OUT_MAX: usize = 2;
+
+/// Where the current unit keeps its NID and what to do with it.
+#[derive(Clone, Copy)]
+struct NidField {
+    off: usize,
+    form: NidForm,
+    pid_off: usize,
+    learn: bool,
+}
+
+/// The state of one tracked stream. Plain data, so it can live in a BPF map value.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Tracker {
+    /// Sequence number where the unit being parsed begins.
+    pub unit_seq: u32,
+    /// Our IPv4 address on this connection (host order).
+    pub local: u32,
+    /// The NID the peer addresses us by, for decisions on partial NIDs (0: none yet).
+    pub hint: u64,
+    /// The address being written into the current NID.
+    pub target: u32,
+    /// Bytes of the unit's prefix in `buf`.
+    pub have: u8,
+    /// Bytes of prefix the unit needs.
+    pub need: u8,
+    /// Which unit is being parsed.
+    pub unit: u8,
+    /// Protocol version once the HELLO is probed (0 before).
+    pub proto: u8,
+    /// `F_*` bits.
+    pub flags: u8,
+    /// [`Role`] of the connection.
+    pub role: u8,
+    /// NID form of the current unit.
+    pub form: u8,
+    /// Address bytes of the current NID already patched (0 to 4).
+    pub emitted: u8,
+    /// [`Desync`] reason, 0 while followed.
+    pub desync: u8,
+    /// Patches in `out` from the last `advance`.
+    pub n_out: u8,
+    /// Keeps `out` aligned.
+    pub _pad: [u8; 2],
+    /// Patches from the last `advance`, for the segment in hand.
+    pub out: [Patch; OUT_MAX],
+    /// The unit's prefix.
+    pub buf: [u8; PREFIX_MAX],
+    /// Every patch decided recently, by position.
+    pub history: History,
+}
+
+impl Tracker {
+    /// A tracker for a stream whose first byte has sequence number `start`.
+    pub const fn new(role: Role, start: u32, local: u32, hint: Nid) -> Self {
+        let mut t = Tracker {
+            unit_seq: 0,
+            local: 0,
+            hint: 0,
+            target: 0,
+            have: 0,
+            need: 0,
+            unit: 0,
+            proto: 0,
+            flags: 0,
+            role: 0,
+            form: 0,
+            emitted: 0,
+            desync: 0,
+            n_out: 0,
+            _pad: [0; 2],
+            out: [Patch { pos: 0, xor: [0; 4] }; OUT_MAX],
+            buf: [0; PREFIX_MAX],
+            history: History::new(0),
+        };
+        t.reset(role, start, local, hint);
+        t
+    }
+
+    /// Starts a new stream in place, as `new` would, without building a tracker elsewhere: a
+    /// tracker is larger than the eBPF stack. The buffer and history slots are left as they are;
+    /// nothing reads them before writing them.
+    pub const fn reset(&mut self, role: Role, start: u32, local: u32, hint: Nid) {
+        self.unit_seq = start;
+        self.local = local;
+        self.hint = hint.0;
+        self.target = 0;
+        self.have = 0;
+        self.need = 8;
+        self.unit = match role {
+            Role::Active => UNIT_HELLO,
+            Role::Passive => UNIT_CONNREQ,
+        };
+        self.proto = 0;
+        self.flags = 0;
+        self.role = role as u8;
+        self.form = NidForm::Le as u8;
+        self.emitted = 0;
+        self.desync = 0;
+        self.n_out = 0;
+        self.history.reset(start);
+    }
+
+    /// Sequence number of the next byte the tracker needs.
+    pub const fn cursor(&self) -> u32 {
+        self.unit_seq.wrapping_add(self.have as u32)
+    }
+
+    /// True once the stream can no longer be followed.
+    pub const fn desynced(&self) -> bool {
+        self.flags & F_DESYNC != 0
+    }
+
+    /// Where the next window goes in `buf` and how much of it may be filled: `buf[at..at + max]`.
+    pub const fn window(&self) -> (usize, usize) {
+        let at = self.have as usize;
+        if at >= PREFIX_MAX { (PREFIX_MAX, 0) } else { (at, PREFIX_MAX - at) }
+    }
+
+    /// How a segment `[seq, seq + len)` relates to the stream.
+    pub const fn admit(&self, seq: u32, len: u32) -> Admit {
+        if len == 0 || self.desynced() {
+            Admit::Pass
+        } else if seq::after(seq, self.cursor()) {
+            Admit::Drop
+        } else {
+            Admit::Track { miss: self.history.misses(seq) }
+        }
+    }
+
+    /// Gives up on the stream.
+    pub fn desync<E: Env>(&mut self, why: Desync, env: &mut E) {
+        if !self.desynced() {
+            self.flags |= F_DESYNC;
+            self.desync = why as u8;
+            env.note(Note::Desynced(why));
+        }
+    }
+
+    /// Processes `n` bytes the caller placed at `buf[have..have + n]`, the stream bytes from the
+    /// cursor on. Returns how many were consumed; bytes past the end of the current unit's prefix
+    /// are not, and must be offered again from the new cursor. The patches decided are in
+    /// `out[..n_out]` and recorded in the history.
+    pub fn advance<E: Env>(&mut self, n: usize, env: &mut E) -> usize {
+        self.n_out = 0;
+        if self.desynced() {
+            return 0;
+        }
+        let (at, room) = self.window();
+        let end = at + if n < room { n } else { room };
+        let start = self.have as usize;
+        // Probe, then the full prefix: two rounds at most, with a spare.
+        let mut round = 0;
+        while round < 3 {
+            round += 1;
+            let need = self.need as usize;
+            let upto = if need < end { need } else { end };
+            if upto > self.have as usize {
+                self.have = upto as u8;
+            }
+            let (seq_before, unit_before) = (self.unit_seq, self.unit);
+            self.progress(env);
+            let unit_done = self.unit_seq != seq_before || self.unit != unit_before;
+            // Stop when the unit ended (the rest of the window belongs to the next one), when the
+            // window is used up, or when the probe did not ask for more.
+            if unit_done || self.desynced() || upto == end || self.need as usize <= upto {
+                return upto - start;
+            }
+        }
+        self.have as usize - start
+    }
+
+    /// Copies `bytes` into the window and advances: the host-side way in.
+    pub fn feed<E: Env>(&mut self, bytes: &[u8], env: &mut E) -> usize {
+        let (at, room) = self.window();
+        let n = if bytes.len() < room { bytes.len() } else { room };
+        let mut i = 0;
+        while i < n && at + i < PREFIX_MAX {
+            self.buf[at + i] = bytes[i];
+            i += 1;
+        }
+        self.advance(n, env)
+    }
+
+    fn endian(&self) -> Endian {
+        if self.flags & F_FLIP != 0 { Endian::Big } else { Endian::Little }
+    }
+
+    fn rd32(&self, off: usize) -> u32 {
+        self.endian().u32(&self.buf, off)
+    }
+
+    fn proto(&self) -> Proto {
+        Proto::from_u8(self.proto).unwrap_or(Proto::V3)
+    }
+
+    fn form(&self) -> NidForm {
+        match self.form {
+            1 => NidForm::Be,
+            2 => NidForm::Large,
+            _ => NidForm::Le,
+        }
+    }
+
+    /// Examines the buffered prefix: probes, decides NIDs, and frames the unit when complete.
+    fn progress<E: Env>(&mut self, env: &mut E) {
+        if self.flags & F_PROBED == 0 && !self.probe(env) {
+            return;
+        }
+        let Some(field) = self.nid_field() else {
+            if self.have == self.need {
+                self.finish(None, env);
+            }
+            return;
+        };
+        self.nid_progress(field, env);
+        if self.have == self.need {
+            let nid = self.finish_nid(field, env);
+            if !self.desynced() {
+                self.finish(nid, env);
+            }
+        }
+    }
+
+    /// Reads the magic (connreq, HELLO) or message type and sets the full prefix length.
+    fn probe<E: Env>(&mut self, env: &mut E) -> bool {
+        let have = self.have as usize;
+        match self.unit {
+            UNIT_CONNREQ => {
+                if have < 8 {
+                    return false;
+                }
+                let magic = Endian::Little.u32(&self.buf, wire::connreq::MAGIC);
+                if magic == wire::ACCEPTOR_MAGIC.swap_bytes() {
+                    self.flags |= F_FLIP;
+                } else if magic != wire::ACCEPTOR_MAGIC {
+                    self.desync(Desync::BadMagic, env);
+                    return false;
+                }
+                match self.rd32(wire::connreq::VERSION) {
+                    1 => {
+                        self.need = wire::connreq::LEN_V1 as u8;
+                        self.form = self.proto_form(Proto::V3) as u8;
+                    }
+                    2 => {
+                        self.need = wire::connreq::LEN_V2 as u8;
+                        self.form = NidForm::Large as u8;
+                    }
+                    _ => {
+                        self.desync(Desync::BadVersion, env);
+                        return false;
+                    }
+                }
+            }
+            UNIT_HELLO => {
+                if have < 8 {
+                    return false;
+                }
+                let (proto, endian) = match wire::Hello::probe(&self.buf[..8]) {
+                    Ok(p) => p,
+                    Err(wire::WireError::BadVersion(_)) => {
+                        self.desync(Desync::BadVersion, env);
+                        return false;
+                    }
+                    Err(_) => {
+                        self.desync(Desync::BadMagic, env);
+                        return false;
+                    }
+                };
+                self.proto = proto as u8;
+                self.flags = (self.flags & !F_FLIP) | if endian == Endian::Big { F_FLIP } else { 0 };
+                self.form = self.proto_form(proto) as u8;
+                self.need = (proto.hello().count_at + 4) as u8;
+            }
+            _ => {
+                if self.proto() == Proto::V1 {
+                    self.need = (wire::LnetHdrLayout::NID4.payload_length + 4) as u8;
+                } else {
+                    if have < 4 {
+                        return false;
+                    }
+                    match self.rd32(wire::ksock::TYPE) {
+                        wire::MSG_NOOP => self.need = wire::ksock::LEN as u8,
+                        wire::MSG_LNET => {
+                            let hdr = self.proto().lnet_hdr();
+                            self.need = (wire::ksock::LEN + hdr.payload_length + 4) as u8;
+                        }
+                        _ => {
+                            self.desync(Desync::BadType, env);
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        self.flags |= F_PROBED;
+        true
+    }
+
+    fn proto_form(&self, proto: Proto) -> NidForm {
+        proto.nid_form(self.flags & F_FLIP != 0)
+    }
+
+    /// The NID field of the current (probed) unit, if it has one.
+    fn nid_field(&self) -> Option<NidField> {
+        let form = self.form();
+        match self.unit {
+            UNIT_CONNREQ => Some(NidField { off: wire::connreq::NID, form, pid_off: 0, learn: false }),
+            UNIT_HELLO => self.proto().hello().dst_nid.map(|off| NidField {
+                off,
+                form,
+                pid_off: 0,
+                learn: self.role == Role::Active as u8,
+            }),
+            _ => {
+                let proto = self.proto();
+                let ks = proto.ksock_len();
+                if proto != Proto::V1 && self.need as usize == wire::ksock::LEN {
+                    return None; // NOOP
+                }
+                let hdr = proto.lnet_hdr();
+                // A checksummed message (V2 enable_csum) gets the dest_pid compensation.
+                let csum = proto != Proto::V1 && self.rd32(wire::ksock::CSUM) != 0;
+                Some(NidField {
+                    off: ks + hdr.dest_nid,
+                    form,
+                    pid_off: if csum { ks + hdr.dest_pid } else { 0 },
+                    learn: false,
+                })
+            }
+        }
+    }
+
+    /// The NID of `field`, once all its bytes are in `buf`.
+    fn nid_of(&self, field: NidField) -> Option<Nid> {
+        self.buf.get(field.off..field.off + field.form.len()).and_then(|b| field.form.decode(b))
+    }
+
+    /// The address a complete NID becomes, if it is rewritten.
+    fn full_target<E: Env>(&self, nid: Option<Nid>, learn: bool, env: &mut E) -> Option<u32> {
+        let nid = nid?;
+        let mapped = env.mapping(nid).map(|a| if a == 0 { self.local } else { a });
+        let target = if learn && env.learning() && nid.is_socklnd() {
+            Some(mapped.unwrap_or(self.local))
+        } else {
+            mapped
+        };
+        target.filter(|&t| t != nid.addr())
+    }
+
+    /// Decides the current NID as soon as an address byte is present, and patches the address
+    /// bytes as they arrive.
+    fn nid_progress<E: Env>(&mut self, field: NidField, env: &mut E) {
+        let addr_at = field.off + field.form.addr_offset();
+        let have = self.have as usize;
+        if have <= addr_at {
+            return;
+        }
+        if self.flags & F_DECIDED == 0 {
+            self.decide(field, env);
+        }
+        if self.flags & F_REWRITE == 0 {
+            return;
+        }
+        let avail = if have - addr_at < 4 { have - addr_at } else { 4 };
+        let done = self.emitted as usize;
+        if avail <= done {
+            return;
+        }
+        let target = field.form.addr_bytes(self.target);
+        let mut xor = [0u8; 4];
+        let mut i = done;
+        while i < avail && i < 4 && addr_at + i < PREFIX_MAX {
+            xor[i] = self.buf[addr_at + i] ^ target[i];
+            i += 1;
+        }
+        self.emit(Patch { pos: self.unit_seq.wrapping_add(addr_at as u32), xor });
+        self.emitted = avail as u8;
+        if avail < 4 {
+            return;
+        }
+        let mut full = [0u8; 4];
+        let mut i = 0;
+        while i < 4 && addr_at + i < PREFIX_MAX {
+            full[i] = self.buf[addr_at + i] ^ target[i];
+            i += 1;
+        }
+        if full == [0; 4] {
+            return;
+        }
+        env.note(Note::Rewrote);
+        if field.pid_off != 0 && self.flags & F_PID_DONE == 0 {
+            self.flags |= F_PID_DONE;
+            let gap = (field.pid_off - addr_at - 4) as u32;
+            let pid_xor = crc::cancel_word(u32::from_le_bytes(full), gap);
+            self.emit(Patch {
+                pos: self.unit_seq.wrapping_add(field.pid_off as u32),
+                xor: pid_xor.to_le_bytes(),
+            });
+            env.note(Note::Compensated);
+        }
+    }
+
+    /// Chooses what the current NID becomes, from all of it or from its first bytes.
+    fn decide<E: Env>(&mut self, field: NidField, env: &mut E) {
+        self.flags |= F_DECIDED;
+        let len = field.form.len();
+        let known = (self.have as usize).saturating_sub(field.off);
+        let target = if known >= len {
+            self.full_target(self.nid_of(field), field.learn, env)
+        } else {
+            self.flags |= F_PREFIX;
+            if field.learn && env.learning() {
+                // The HELLO names us: whatever the address, it becomes ours.
+                Some(self.local)
+            } else if self.hint != 0 && self.hint_matches(field, known) {
+                let hint = Nid(self.hint);
+                env.mapping(hint).map(|a| if a == 0 { self.local } else { a })
+            } else {
+                None
+            }
+        };
+        if let Some(t) = target {
+            self.flags |= F_REWRITE;
+            self.target = t;
+        }
+    }
+
+    /// True when the first `known` bytes of the field are the hint's.
+    fn hint_matches(&self, field: NidField, known: usize) -> bool {
+        let hint = Nid(self.hint);
+        let mut i = 0;
+        while i < known && i < field.form.len() {
+            let at = field.off + i;
+            if at >= PREFIX_MAX || self.buf[at] != field.form.byte(hint, i) {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// With the whole NID in hand: reports a partial decision it contradicts, learns from an
+    /// active HELLO, and returns the NID.
+    fn finish_nid<E: Env>(&mut self, field: NidField, env: &mut E) -> Option<Nid> {
+        let nid = self.nid_of(field);
+        if self.flags & (F_DECIDED | F_PREFIX) == F_DECIDED | F_PREFIX {
+            let full = self.full_target(nid, field.learn, env);
+            let made = (self.flags & F_REWRITE != 0)
+                .then_some(self.target)
+                .filter(|&t| nid.is_none_or(|n| n.addr() != t));
+            if full != made {
+                env.note(Note::Conflict);
+            }
+        }
+        if let Some(n) = nid
+            && field.learn
+            && env.learning()
+            && n.is_socklnd()
+            && n.addr() != self.local
+            && env.mapping(n).is_none()
+        {
+            env.learn(n, n.with_addr(self.local));
+        }
+        nid
+    }
+
+    /// Frames the complete unit and moves to the next one.
+    fn finish<E: Env>(&mut self, nid: Option<Nid>, env: &mut E) {
+        let len = match self.unit {
+            UNIT_CONNREQ => {
+                if let Some(n) = nid {
+                    self.hint = n.0;
+                }
+                self.next_unit(UNIT_HELLO, self.need as u32);
+                return;
+            }
+            UNIT_HELLO => {
+                let proto = self.proto();
+                let layout = proto.hello();
+                let count = if proto == Proto::V1 {
+                    let h = wire::LnetHdrLayout::NID4;
+                    if Endian::Little.u32(&self.buf, h.msg_type) != wire::LnetType::Hello as u32 {
+                        self.desync(Desync::NotHello, env);
+                        return;
+                    }
+                    let bytes = Endian::Little.u32(&self.buf, layout.count_at);
+                    if bytes % 4 != 0 {
+                        self.desync(Desync::TooManyIps, env);
+                        return;
+                    }
+                    bytes / 4
+                } else {
+                    self.rd32(layout.count_at)
+                };
+                if count > wire::MAX_HELLO_IPS {
+                    self.desync(Desync::TooManyIps, env);
+                    return;
+                }
+                if let Some(n) = nid {
+                    self.hint = n.0;
+                }
+                layout.fixed as u32 + 4 * count
+            }
+            _ => {
+                let proto = self.proto();
+                let ks = proto.ksock_len();
+                if proto != Proto::V1 && self.need as usize == wire::ksock::LEN {
+                    wire::ksock::LEN as u32
+                } else {
+                    let hdr = proto.lnet_hdr();
+                    if proto == Proto::V1 {
+                        let t = self.rd32(hdr.msg_type);
+                        if t > wire::LnetType::Reply as u32 {
+                            self.desync(Desync::BadType, env);
+                            return;
+                        }
+                    }
+                    let payload = self.rd32(ks + hdr.payload_length);
+                    if payload > wire::LNET_MTU {
+                        self.desync(Desync::TooLong, env);
+                        return;
+                    }
+                    (ks + hdr.len) as u32 + payload
+                }
+            }
+        };
+        self.next_unit(UNIT_MSG, len);
+    }
+
+    fn next_unit(&mut self, unit: u8, len: u32) {
+        self.unit_seq = self.unit_seq.wrapping_add(len);
+        self.unit = unit;
+        self.have = 0;
+        self.flags &= F_FLIP;
+        self.emitted = 0;
+        self.target = 0;
+        self.need = match unit {
+            UNIT_MSG if self.proto() == Proto::V1 => {
+                (wire::LnetHdrLayout::NID4.payload_length + 4) as u8
+            }
+            UNIT_MSG => 4,
+            _ => 8,
+        };
+        if unit == UNIT_MSG {
+            self.form = self.proto_form(self.proto()) as u8;
+            if self.proto() == Proto::V1 {
+                self.flags |= F_PROBED;
+            }
+        }
+    }
+
+    fn emit(&mut self, p: Patch) {
+        if p.xor == [0; 4] {
+            return;
+        }
+        self.history.push(p);
+        let i = self.n_out as usize;
+        if i < OUT_MAX {
+            self.out[i] = p;
+            self.n_out += 1;
+        }
+    }
+}

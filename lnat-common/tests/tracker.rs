@@ -1,0 +1,330 @@
+//! The tracker against the specification: vectors from lnet-wire.md, every split position, and
+//! random streams delivered through random networks, compared with the reference rewrite.
+
+use lnat_common::{
+    nid::Nid,
+    testkit::{self, Cast, MapEnv, Rng, Unit, VecPacket, Weather},
+    tracker::{Admit, Desync, Note, Role, Tracker},
+    segment,
+    wire::{Endian, Proto},
+};
+use proptest::prelude::*;
+
+fn nid(s: &str) -> Nid {
+    s.parse().unwrap()
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    s.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
+}
+
+const LOCAL: u32 = 0xc633_6402; // 198.51.100.2
+
+/// Server HELLO naming us 203.0.113.1@tcp, then the PUT of lnet-wire.md.
+fn vector_stream() -> Vec<u8> {
+    let mut s = hex(
+        "63 69 72 45 03 00 00 00 0a 71 00 cb 00 00 02 00 01 71 00 cb 00 00 02 00 39 30 00 00 \
+         00 00 00 00 8d 41 18 17 4a 1e eb 18 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00",
+    );
+    s.extend(hex(
+        "c1 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 \
+         01 71 00 cb 00 00 02 00 0a 71 00 cb 00 00 02 00 \
+         41 9c 00 80 39 30 00 00 01 00 00 00 10 00 00 00 \
+         ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff 88 77 66 55 44 33 22 11 \
+         00 00 00 00 00 00 00 00 04 00 00 00 00 00 00 00 \
+         00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f",
+    ));
+    s
+}
+
+/// The same stream as lnat must deliver it: only HELLO bytes 16..19 and message bytes 24..27.
+fn vector_expected() -> Vec<u8> {
+    let mut s = vector_stream();
+    s[16..20].copy_from_slice(&[0x02, 0x64, 0x33, 0xc6]);
+    s[56 + 24..56 + 28].copy_from_slice(&[0x02, 0x64, 0x33, 0xc6]);
+    s
+}
+
+fn learning_env() -> MapEnv {
+    MapEnv { learn: true, ..MapEnv::default() }
+}
+
+/// The first guess a new flow gets, as the datapath takes it from its config: the most recent
+/// external NID (here, any mapped one).
+fn hint_of(env: &MapEnv) -> Nid {
+    env.mappings.keys().next_back().copied().unwrap_or(Nid(0))
+}
+
+/// Feeds `stream` cut at `cuts` (sorted offsets) and returns the bytes passed.
+fn run_cut(stream: &[u8], cuts: &[usize], env: &mut MapEnv) -> Vec<u8> {
+    let isn = 0xffff_ff00; // wraps inside the stream
+    let mut t = Box::new(Tracker::new(Role::Active, isn, LOCAL, hint_of(env)));
+    let mut out = Vec::new();
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(stream.len());
+    for w in bounds.windows(2) {
+        let mut seg = stream[w[0]..w[1]].to_vec();
+        let seq = isn.wrapping_add(w[0] as u32);
+        let a = segment::process(&mut t, seq, seg.len() as u32, &mut VecPacket(&mut seg), env, 1 << 12);
+        assert!(matches!(a, Admit::Track { miss: false } | Admit::Pass), "{a:?}");
+        out.extend(seg);
+    }
+    out
+}
+
+#[test]
+fn the_wire_vector_is_rewritten_exactly() {
+    let mut env = learning_env();
+    assert_eq!(run_cut(&vector_stream(), &[], &mut env), vector_expected());
+    assert_eq!(env.learned, vec![nid("203.0.113.1@tcp")]);
+    assert_eq!(env.count(Note::Rewrote), 2);
+}
+
+#[test]
+fn every_single_split_gives_the_same_bytes() {
+    let stream = vector_stream();
+    for cut in 1..stream.len() {
+        let mut env = learning_env();
+        assert_eq!(run_cut(&stream, &[cut], &mut env), vector_expected(), "cut at {cut}");
+        assert_eq!(env.count(Note::Conflict), 0, "cut at {cut}");
+    }
+}
+
+#[test]
+fn every_pair_of_splits_and_one_byte_segments() {
+    let stream = vector_stream();
+    for a in 1..stream.len() {
+        for b in a + 1..stream.len().min(a + 12) {
+            let mut env = learning_env();
+            assert_eq!(run_cut(&stream, &[a, b], &mut env), vector_expected(), "cuts {a} {b}");
+        }
+    }
+    let all: Vec<usize> = (1..stream.len()).collect();
+    let mut env = learning_env();
+    assert_eq!(run_cut(&stream, &all, &mut env), vector_expected());
+}
+
+#[test]
+fn without_learning_only_static_mappings_apply() {
+    let mut env = MapEnv::default();
+    assert_eq!(run_cut(&vector_stream(), &[], &mut env), vector_stream());
+    let mut env = MapEnv::default();
+    env.mappings.insert(nid("203.0.113.1@tcp"), 0);
+    assert_eq!(run_cut(&vector_stream(), &[20], &mut env), vector_expected());
+    // An explicit local address wins over the connection's own.
+    let mut env = MapEnv::default();
+    env.mappings.insert(nid("203.0.113.1@tcp"), 0x0a00_0005);
+    let out = run_cut(&vector_stream(), &[], &mut env);
+    assert_eq!(out[16..20], [0x05, 0x00, 0x00, 0x0a]);
+}
+
+#[test]
+fn a_keepport_stream_passes_unchanged() {
+    // The server names us by our own NID: nothing to learn or rewrite.
+    let mut s = vector_stream();
+    s[16..20].copy_from_slice(&[0x02, 0x64, 0x33, 0xc6]);
+    s[56 + 24..56 + 28].copy_from_slice(&[0x02, 0x64, 0x33, 0xc6]);
+    let mut env = learning_env();
+    assert_eq!(run_cut(&s, &[30, 90], &mut env), s);
+    assert!(env.learned.is_empty());
+}
+
+/// Feeds `stream` in one segment; returns why the tracker gave up, checking that nothing but the
+/// HELLO dst_nid and the first message's dest_nid (both before any later field can show the
+/// header bad) changed.
+fn desync_reason(stream: &[u8], role: Role) -> Option<Desync> {
+    let mut t = Box::new(Tracker::new(role, 1000, LOCAL, Nid(0)));
+    let mut env = learning_env();
+    let mut seg = stream.to_vec();
+    segment::process(&mut t, 1000, seg.len() as u32, &mut VecPacket(&mut seg), &mut env, 1 << 12);
+    for (i, (a, b)) in seg.iter().zip(stream).enumerate() {
+        assert!(a == b || (16..20).contains(&i) || (80..84).contains(&i), "byte {i} changed");
+    }
+    Desync::from_u8(t.desync)
+}
+
+#[test]
+fn bad_input_desyncs_with_a_reason() {
+    let garbage: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+    assert_eq!(desync_reason(&garbage, Role::Active), Some(Desync::BadMagic));
+    assert_eq!(desync_reason(&garbage, Role::Passive), Some(Desync::BadMagic));
+    let mut bad_version = vector_stream();
+    bad_version[4] = 9;
+    assert_eq!(desync_reason(&bad_version, Role::Active), Some(Desync::BadVersion));
+    let mut bad_type = vector_stream();
+    bad_type[56] = 0xc5;
+    assert_eq!(desync_reason(&bad_type, Role::Active), Some(Desync::BadType));
+    let mut too_long = vector_stream();
+    too_long[56 + 52..56 + 56].copy_from_slice(&(0x0010_0001u32).to_le_bytes());
+    assert_eq!(desync_reason(&too_long, Role::Active), Some(Desync::TooLong));
+    let mut many_ips = vector_stream();
+    many_ips[52] = 17;
+    assert_eq!(desync_reason(&many_ips, Role::Active), Some(Desync::TooManyIps));
+    // A truncated header is simply waited for.
+    assert_eq!(desync_reason(&vector_stream()[..70], Role::Active), None);
+}
+
+#[test]
+fn a_segment_past_the_cursor_is_dropped_and_one_before_it_is_not() {
+    let stream = vector_stream();
+    let mut t = Box::new(Tracker::new(Role::Active, 0, LOCAL, Nid(0)));
+    let mut env = learning_env();
+    let mut tail = stream[60..].to_vec();
+    let a = segment::process(&mut t, 60, tail.len() as u32, &mut VecPacket(&mut tail), &mut env, 64);
+    assert_eq!(a, Admit::Drop);
+    let mut head = stream[..60].to_vec();
+    let a = segment::process(&mut t, 0, 60, &mut VecPacket(&mut head), &mut env, 64);
+    assert_eq!(a, Admit::Track { miss: false });
+    let mut tail = stream[56..].to_vec();
+    segment::process(&mut t, 56, tail.len() as u32, &mut VecPacket(&mut tail), &mut env, 64);
+    assert_eq!(tail, vector_expected()[56..]);
+    // A duplicate of the HELLO, after the fact, gets the same rewrite.
+    let mut again = stream[..56].to_vec();
+    segment::process(&mut t, 0, 56, &mut VecPacket(&mut again), &mut env, 64);
+    assert_eq!(again, vector_expected()[..56]);
+}
+
+fn cast(proto: Proto) -> Cast {
+    let _ = proto;
+    Cast {
+        peer: nid("203.0.113.10@tcp"),
+        external: nid("203.0.113.1@tcp"),
+        local: Nid::new(LOCAL, 2, 0),
+    }
+}
+
+/// NIDs a server may address us by: ours, the NAT's, and strangers whose first and last octets
+/// differ from the NAT's (so that no prefix of theirs is the NAT's, in any byte order).
+fn lnet_dests(c: Cast) -> Vec<Nid> {
+    vec![c.external, c.external, c.local, nid("10.9.8.7@tcp"), nid("192.0.2.77@tcp1"), nid("203.0.113.9@tcp4")]
+}
+
+fn protos() -> impl Strategy<Value = (Proto, Endian)> {
+    prop_oneof![
+        Just((Proto::V1, Endian::Little)),
+        Just((Proto::V2, Endian::Little)),
+        Just((Proto::V2, Endian::Big)),
+        Just((Proto::V3, Endian::Little)),
+        Just((Proto::V3, Endian::Big)),
+        Just((Proto::V4, Endian::Little)),
+        Just((Proto::V4, Endian::Big)),
+    ]
+}
+
+fn weather() -> impl Strategy<Value = Weather> {
+    (1usize..300, 0u64..8, 0u64..10, 0u64..15, 0u64..50).prop_map(|(max_seg, loss, drop_after, dup, coalesce)| Weather {
+        max_seg,
+        loss,
+        drop_after,
+        dup,
+        coalesce,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Any LNet stream, any segmentation, with loss, duplication, retransmission and drops after
+    /// the datapath: the receiver gets the reference rewrite, every copy of a byte is the same,
+    /// and every checksum still verifies.
+    #[test]
+    fn any_delivery_gives_the_reference_rewrite(
+        seed in any::<u64>(),
+        (proto, endian) in protos(),
+        passive in any::<bool>(),
+        learn in any::<bool>(),
+        static_map in any::<bool>(),
+        w in weather(),
+    ) {
+        let role = if passive { Role::Passive } else { Role::Active };
+        let mut rng = Rng::new(seed);
+        let c = cast(proto);
+        let spec = testkit::random_stream(&mut rng, role, proto, endian, c, &lnet_dests(c));
+        let stream = spec.bytes();
+        let mut env = MapEnv { learn, ..MapEnv::default() };
+        if static_map || (proto == Proto::V1 && learn) {
+            env.mappings.insert(c.external, 0);
+        }
+        let want = testkit::expected(&stream, role, LOCAL, &env);
+        prop_assert_eq!(want.desync_at, None);
+        let hint = hint_of(&env);
+        let d = testkit::deliver(&stream, rng.next() as u32, role, LOCAL, env, hint, w, &mut rng);
+        prop_assert!(d.received == want.bytes, "received bytes differ from the reference");
+        prop_assert_eq!(copies_agree_at(&d, &want.bytes), None);
+        prop_assert_eq!(&d.env.learned, &want.learned);
+        prop_assert_eq!(d.env.count(Note::Conflict), 0);
+        prop_assert!(!d.tracker.desynced());
+        let checked = testkit::check_csums(&d.received, &spec);
+        prop_assert!(checked.is_ok(), "checksum broken at {:?}", checked);
+        prop_assert_eq!(testkit::check_csums(&stream, &spec), checked);
+        // Framing ends exactly at the end of the stream.
+        prop_assert_eq!(d.tracker.cursor(), d.tracker.unit_seq);
+    }
+
+    /// Streams addressing arbitrary NIDs: framing never slips, only NID address bytes ever
+    /// change, and any difference from the reference comes with a reported conflict.
+    #[test]
+    fn arbitrary_nids_never_break_framing(
+        seed in any::<u64>(),
+        (proto, endian) in protos(),
+        w in weather(),
+    ) {
+        let mut rng = Rng::new(seed);
+        let c = cast(proto);
+        let strangers: Vec<Nid> = (0..6).map(|_| Nid::new(rng.next() as u32 & 0xff0f_00ff | 0x0000_7100, 2, 0)).chain([c.external]).collect();
+        let spec = testkit::random_stream(&mut rng, Role::Active, proto, endian, c, &strangers);
+        let stream = spec.bytes();
+        let env = MapEnv { learn: true, ..MapEnv::default() };
+        let want = testkit::expected(&stream, Role::Active, LOCAL, &env);
+        let d = testkit::deliver(&stream, rng.next() as u32, Role::Active, LOCAL, env, Nid(0), w, &mut rng);
+        prop_assert!(!d.tracker.desynced());
+        prop_assert_eq!(d.tracker.cursor(), d.tracker.unit_seq);
+        if d.received != want.bytes {
+            prop_assert!(d.env.count(Note::Conflict) > 0);
+        }
+        prop_assert_eq!(copies_agree_at(&d, &d.received), None);
+    }
+
+    /// Garbage never panics, never loops, and leaves bytes alone once the stream is given up.
+    #[test]
+    fn garbage_is_survived(bytes in proptest::collection::vec(any::<u8>(), 0..600), cut in 1usize..64, passive in any::<bool>()) {
+        let role = if passive { Role::Passive } else { Role::Active };
+        let mut t = Box::new(Tracker::new(role, 5, LOCAL, nid("203.0.113.1@tcp")));
+        let mut env = MapEnv { learn: true, ..MapEnv::default() };
+        for (i, chunk) in bytes.chunks(cut).enumerate() {
+            let mut seg = chunk.to_vec();
+            let seq = 5u32.wrapping_add((i * cut) as u32);
+            let was = t.desynced();
+            segment::process(&mut t, seq, seg.len() as u32, &mut VecPacket(&mut seg), &mut env, 1 << 12);
+            if was {
+                prop_assert_eq!(&seg[..], chunk);
+            }
+        }
+    }
+}
+
+fn copies_agree_at(d: &testkit::Delivered, want: &[u8]) -> Option<usize> {
+    testkit::copies_agree(d, want).err().map(|(at, _, _)| at)
+}
+
+#[test]
+fn v2_checksums_survive_every_split() {
+    let mut rng = Rng::new(42);
+    let c = cast(Proto::V2);
+    let mut spec = testkit::random_stream(&mut rng, Role::Active, Proto::V2, Endian::Little, c, &[c.external]);
+    spec.units.retain(|u| matches!(u, Unit::Lnet { .. }));
+    for u in &mut spec.units {
+        if let Unit::Lnet { csum, .. } = u {
+            *csum = true;
+        }
+    }
+    let stream = spec.bytes();
+    let first = spec.hello.len();
+    for cut in first..first + 100 {
+        let mut env = learning_env();
+        let out = run_cut(&stream, &[cut], &mut env);
+        assert_eq!(testkit::check_csums(&out, &spec), Ok(spec.units.len()), "cut {cut}");
+        assert!(env.count(Note::Compensated) >= 1);
+    }
+}
