@@ -30,19 +30,52 @@ pub fn crc32_le(mut crc: u32, data: &[u8]) -> u32 {
     crc
 }
 
-/// The dest_pid XOR that cancels `addr_xor` (the four address-byte XORs, as a little-endian word
-/// of wire bytes) when `gap` unchanged bytes separate the address from dest_pid.
-///
-/// Returned as a little-endian word of wire bytes, like `addr_xor`.
-pub fn cancel_word(addr_xor: u32, gap: u32) -> u32 {
-    let mut r = addr_xor;
-    let steps = 32 + 8 * gap;
+/// The byte-at-a-time table of the reflected CRC-32: `TABLE[b]` is 8 steps from `b`.
+const TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut r = b as u32;
+        let mut i = 0;
+        while i < 8 {
+            r = step(r);
+            i += 1;
+        }
+        t[b] = r;
+        b += 1;
+    }
+    t
+};
+
+/// Runs the register over `n` zero bytes.
+#[inline(always)]
+fn zeros(mut r: u32, n: usize) -> u32 {
     let mut i = 0;
-    while i < steps && i < 32 + 8 * 64 {
-        r = step(r);
+    while i < n {
+        r = (r >> 8) ^ TABLE[(r & 0xff) as usize];
         i += 1;
     }
     r
+}
+
+/// The gaps socklnd layouts have between a NID's address and dest_pid: nid4 from an
+/// other-endian peer, nid4, and nid16.
+pub const GAPS: [u32; 3] = [8, 12, 32];
+
+/// The dest_pid XOR that cancels `addr_xor` (the four address-byte XORs, as a little-endian word
+/// of wire bytes) when `gap` unchanged bytes (one of [`GAPS`]) separate the address from dest_pid.
+///
+/// Returned as a little-endian word of wire bytes, like `addr_xor`: the register after the
+/// address XOR (four bytes) and the gap, run from zero. Table steps with constant trip counts
+/// keep the eBPF verifier's work small and branch-free.
+pub fn cancel_word(addr_xor: u32, gap: u32) -> u32 {
+    if gap == GAPS[0] {
+        zeros(addr_xor, 4 + GAPS[0] as usize)
+    } else if gap == GAPS[1] {
+        zeros(addr_xor, 4 + GAPS[1] as usize)
+    } else {
+        zeros(addr_xor, 4 + GAPS[2] as usize)
+    }
 }
 
 #[cfg(test)]
@@ -53,6 +86,13 @@ mod tests {
     fn matches_the_standard_crc32() {
         // CRC-32 of "123456789" is 0xCBF43926 with the usual final inversion.
         assert_eq!(!crc32_le(!0, b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn the_table_is_the_bitwise_crc() {
+        let data = [0x12u8, 0x34, 0x56, 0x78, 0, 0, 0, 0, 0, 0];
+        let by_table = zeros(!0 ^ u32::from_le_bytes([0x12, 0x34, 0x56, 0x78]), 10);
+        assert_eq!(by_table, crc32_le(!0, &data));
     }
 
     #[test]
@@ -73,7 +113,11 @@ mod tests {
                     m[pid_at + i] ^= x;
                 }
                 assert_ne!(m, msg);
-                assert_eq!(crc32_le(!0, &m), before, "addr {addr_at} pid {pid_at} xor {xor:#x}");
+                assert_eq!(
+                    crc32_le(!0, &m),
+                    before,
+                    "addr {addr_at} pid {pid_at} xor {xor:#x}"
+                );
             }
         }
     }

@@ -12,21 +12,23 @@ pub const fn add(a: u32, b: u32) -> u32 {
     s.wrapping_add(carry as u32)
 }
 
-/// The `__wsum` to add when the first `n` bytes of `old`, starting at a payload offset whose
-/// parity is `odd`, become the bytes of `new`.
-pub fn replace_delta(odd: bool, old: [u8; 4], new: [u8; 4], n: usize) -> u32 {
-    let mut sum = 0u32;
+/// The `__wsum` to add when the bytes of `old`, starting at a payload offset whose parity is
+/// `odd`, become the bytes of `new` (bytes equal in both contribute nothing).
+///
+/// Branch-free: a 64-bit accumulator needs no carry tests, and each byte's place in its 16-bit
+/// word is a shift, so the eBPF verifier follows a single path.
+pub fn replace_delta(odd: bool, old: [u8; 4], new: [u8; 4]) -> u32 {
+    let mut acc: u64 = 0;
     let mut i = 0;
-    while i < 4 && i < n {
-        let high = (i % 2 == 1) != odd;
-        let shift = if high { 8 } else { 0 };
-        // new - old in ones' complement (modulo 2^32 - 1, a multiple of 0xffff): add new and
-        // the 32-bit complement of old.
-        sum = add(sum, (new[i] as u32) << shift);
-        sum = add(sum, !((old[i] as u32) << shift));
+    while i < 4 {
+        let shift = ((i as u64 & 1) << 3) ^ ((odd as u64) << 3);
+        // new - old in ones' complement: add new and the 16-bit complement of old.
+        acc += ((new[i] as u64) << shift) + (0xffff - ((old[i] as u64) << shift));
         i += 1;
     }
-    sum
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc as u32
 }
 
 /// Folds a `__wsum` to 16 bits (`csum_fold` without the final complement).
@@ -83,8 +85,11 @@ mod tests {
             let before = checksum(&data);
             data[off..off + n].copy_from_slice(&new[..n]);
             let want = checksum(&data);
-            let got = replace_by_diff(before, replace_delta(off % 2 == 1, old, new, n));
-            assert!(same_checksum(got, want), "off {off} n {n}: {got:#x} vs {want:#x}");
+            let got = replace_by_diff(before, replace_delta(off % 2 == 1, old, new));
+            assert!(
+                same_checksum(got, want),
+                "off {off} n {n}: {got:#x} vs {want:#x}"
+            );
         }
     }
 }

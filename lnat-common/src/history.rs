@@ -12,6 +12,7 @@ use crate::seq;
 
 /// Runs kept per flow; older runs are forgotten and `floor` records how far back that reaches.
 pub const RUNS: usize = 64;
+const _: () = assert!(RUNS.is_power_of_two());
 
 /// One patch: XOR `xor` into the four bytes at stream position `pos` (zero bytes are untouched).
 #[repr(C)]
@@ -40,7 +41,8 @@ pub struct Run {
 impl Run {
     /// Position of the last patch.
     const fn last(&self) -> u32 {
-        self.first.wrapping_add(self.count.wrapping_sub(1).wrapping_mul(self.stride))
+        self.first
+            .wrapping_add(self.count.wrapping_sub(1).wrapping_mul(self.stride))
     }
 
     /// Position just past the last patched byte.
@@ -83,7 +85,12 @@ impl History {
     /// An empty history for a stream whose first byte has sequence number `start`.
     pub const fn new(start: u32) -> Self {
         History {
-            runs: [Run { first: 0, stride: 0, count: 0, xor: [0; 4] }; RUNS],
+            runs: [Run {
+                first: 0,
+                stride: 0,
+                count: 0,
+                xor: [0; 4],
+            }; RUNS],
             next: 0,
             used: 0,
             floor: start,
@@ -124,7 +131,12 @@ impl History {
             } else {
                 self.used += 1;
             }
-            *slot = Run { first: p.pos, stride: 0, count: 1, xor: p.xor };
+            *slot = Run {
+                first: p.pos,
+                stride: 0,
+                count: 1,
+                xor: p.xor,
+            };
         }
         self.next = ((idx + 1) % RUNS) as u32;
     }
@@ -156,22 +168,28 @@ impl Patch {
     pub fn clip(&self, seq: u32, len: u32) -> Option<Clip> {
         let rel = seq::delta(seq, self.pos);
         let start = if rel < 0 { 0 } else { rel };
-        let end = if rel + 4 < len as i64 { rel + 4 } else { len as i64 };
+        let end = if rel + 4 < len as i64 {
+            rel + 4
+        } else {
+            len as i64
+        };
         if start >= end {
             return None;
         }
-        let skip = (start - rel) as usize;
-        let n = (end - start) as usize;
-        let mut xor = [0u8; 4];
-        let mut any = 0;
-        let mut i = 0;
-        while i < 4 && i < n {
-            let b = self.xor[(skip + i) & 3];
-            xor[i] = b;
-            any |= b;
-            i += 1;
-        }
-        (any != 0).then_some(Clip { off: start as u32, len: n as u32, xor })
+        let skip = (start - rel) as u32;
+        let n = (end - start) as u32;
+        // Whole-word shifts rather than a byte loop: no data-dependent branches or masks for the
+        // verifier to fork on.
+        let word = u32::from_le_bytes(self.xor) >> (8 * skip);
+        let keep = ((1u64 << (8 * n)) - 1) as u32;
+        let x = word & keep;
+        let xor = x.to_le_bytes();
+        let any = x;
+        (any != 0).then_some(Clip {
+            off: start as u32,
+            len: n,
+            xor,
+        })
     }
 }
 
@@ -179,14 +197,15 @@ impl Patch {
 ///
 /// A plain cursor advanced one step per call rather than a borrowing iterator, so the eBPF
 /// program can drive it from a `bpf_loop` callback with no loop of its own to verify.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct PatchWalk {
     seq: u32,
     len: u32,
     run: u32,
     member: u32,
     member_end: u32,
-    started: bool,
+    started: u32,
 }
 
 /// One step of a [`PatchWalk`].
@@ -203,7 +222,14 @@ pub enum WalkStep {
 impl PatchWalk {
     /// A walk over the patches overlapping `[seq, seq + len)`.
     pub const fn new(seq: u32, len: u32) -> Self {
-        PatchWalk { seq, len, run: 0, member: 0, member_end: 0, started: false }
+        PatchWalk {
+            seq,
+            len,
+            run: 0,
+            member: 0,
+            member_end: 0,
+            started: 0,
+        }
     }
 
     /// The members of `run` whose four bytes overlap the segment, as `[lo, hi)`.
@@ -221,18 +247,28 @@ impl PatchWalk {
         }
         let stride = run.stride as i64;
         // Member i covers [i * stride, i * stride + 4) relative to `first`.
-        let lo = if from_start < 4 { 0 } else { (from_start - 4) / stride + 1 };
+        let lo = if from_start < 4 {
+            0
+        } else {
+            (from_start - 4) / stride + 1
+        };
         let hi = (to_end + stride - 1) / stride;
-        let hi = if hi > run.count as i64 { run.count as i64 } else { hi };
-        if lo >= hi { (0, 0) } else { (lo as u32, hi as u32) }
+        let hi = if hi > run.count as i64 {
+            run.count as i64
+        } else {
+            hi
+        };
+        if lo >= hi {
+            (0, 0)
+        } else {
+            (lo as u32, hi as u32)
+        }
     }
 
     /// Advances by one member or one run.
     pub fn step(&mut self, h: &History) -> WalkStep {
         if self.member < self.member_end {
-            let Some(run) = h.runs.get(self.run as usize) else {
-                return WalkStep::Done;
-            };
+            let run = &h.runs[self.run as usize & (RUNS - 1)];
             let pos = run.first.wrapping_add(self.member.wrapping_mul(run.stride));
             self.member += 1;
             return match (Patch { pos, xor: run.xor }).clip(self.seq, self.len) {
@@ -240,13 +276,16 @@ impl PatchWalk {
                 None => WalkStep::Moved,
             };
         }
-        let idx = if self.started { self.run + 1 } else { 0 };
-        self.started = true;
+        let idx = if self.started != 0 { self.run + 1 } else { 0 };
+        self.started = 1;
         self.run = idx;
-        let Some(run) = h.runs.get(idx as usize).filter(|_| idx < h.used) else {
+        if idx >= h.used {
             self.member_end = 0;
             return WalkStep::Done;
-        };
+        }
+        // `used` comes from memory, so the compiler cannot prove `idx < RUNS` and keeps the mask
+        // the verifier needs on the very value used as the index.
+        let run = &h.runs[idx as usize & (RUNS - 1)];
         let (lo, hi) = self.members(run);
         self.member = lo;
         self.member_end = hi;
@@ -284,13 +323,40 @@ mod tests {
 
     #[test]
     fn clip_cuts_at_both_ends() {
-        let p = Patch { pos: 100, xor: [1, 2, 3, 4] };
-        assert_eq!(p.clip(100, 10), Some(Clip { off: 0, len: 4, xor: [1, 2, 3, 4] }));
-        assert_eq!(p.clip(98, 4), Some(Clip { off: 2, len: 2, xor: [1, 2, 0, 0] }));
-        assert_eq!(p.clip(102, 1), Some(Clip { off: 0, len: 1, xor: [3, 0, 0, 0] }));
+        let p = Patch {
+            pos: 100,
+            xor: [1, 2, 3, 4],
+        };
+        assert_eq!(
+            p.clip(100, 10),
+            Some(Clip {
+                off: 0,
+                len: 4,
+                xor: [1, 2, 3, 4]
+            })
+        );
+        assert_eq!(
+            p.clip(98, 4),
+            Some(Clip {
+                off: 2,
+                len: 2,
+                xor: [1, 2, 0, 0]
+            })
+        );
+        assert_eq!(
+            p.clip(102, 1),
+            Some(Clip {
+                off: 0,
+                len: 1,
+                xor: [3, 0, 0, 0]
+            })
+        );
         assert_eq!(p.clip(104, 10), None);
         assert_eq!(p.clip(90, 10), None);
-        let sparse = Patch { pos: 100, xor: [0, 0, 7, 0] };
+        let sparse = Patch {
+            pos: 100,
+            xor: [0, 0, 7, 0],
+        };
         assert_eq!(sparse.clip(100, 2), None);
         assert_eq!(sparse.clip(u32::MAX - 10, 200).map(|c| c.off), Some(111));
     }
@@ -299,15 +365,24 @@ mod tests {
     fn equal_strides_merge_into_one_run() {
         let mut h = History::new(0);
         for i in 0..1000u32 {
-            h.push(Patch { pos: 24 + i * 96, xor: [9, 9, 0, 0] });
+            h.push(Patch {
+                pos: 24 + i * 96,
+                xor: [9, 9, 0, 0],
+            });
         }
         assert_eq!(h.used, 1);
         assert_eq!(h.runs[0].count, 1000);
         // Alternating NID and dest_pid patches form two runs.
         let mut h = History::new(0);
         for i in 0..50u32 {
-            h.push(Patch { pos: 24 + i * 112, xor: [1, 0, 0, 0] });
-            h.push(Patch { pos: 40 + i * 112, xor: [2, 0, 0, 0] });
+            h.push(Patch {
+                pos: 24 + i * 112,
+                xor: [1, 0, 0, 0],
+            });
+            h.push(Patch {
+                pos: 40 + i * 112,
+                xor: [2, 0, 0, 0],
+            });
         }
         assert_eq!(h.used, 2);
     }
@@ -322,14 +397,25 @@ mod tests {
             seed
         };
         for round in 0..200 {
-            let base = if round % 2 == 0 { 1000 } else { u32::MAX - 3000 };
+            let base = if round % 2 == 0 {
+                1000
+            } else {
+                u32::MAX - 3000
+            };
             let mut h = History::new(base);
             let stream_len = 4000u32;
             let mut want = std::vec![0u8; stream_len as usize];
             let mut pos = 0u32;
             while pos + 8 < stream_len {
-                let xor = if rnd() % 4 == 0 { [1, 0, 2, 0] } else { [0, 3, 0, 4] };
-                h.push(Patch { pos: base.wrapping_add(pos), xor });
+                let xor = if rnd() % 4 == 0 {
+                    [1, 0, 2, 0]
+                } else {
+                    [0, 3, 0, 4]
+                };
+                h.push(Patch {
+                    pos: base.wrapping_add(pos),
+                    xor,
+                });
                 for i in 0..4 {
                     want[(pos + i) as usize] ^= xor[i as usize];
                 }
@@ -340,7 +426,11 @@ mod tests {
                 let s = rnd() % stream_len;
                 let l = 1 + rnd() % (stream_len - s);
                 let got = apply(&h, base.wrapping_add(s), &std::vec![0u8; l as usize]);
-                assert_eq!(got[..], want[s as usize..(s + l) as usize], "segment {s}+{l}");
+                assert_eq!(
+                    got[..],
+                    want[s as usize..(s + l) as usize],
+                    "segment {s}+{l}"
+                );
             }
         }
     }
@@ -349,7 +439,10 @@ mod tests {
     fn eviction_raises_the_floor() {
         let mut h = History::new(0);
         for i in 0..(RUNS as u32 + 3) {
-            h.push(Patch { pos: i * 1000, xor: [i as u8 + 1, 0, 0, 0] });
+            h.push(Patch {
+                pos: i * 1000,
+                xor: [i as u8 + 1, 0, 0, 0],
+            });
         }
         assert_eq!(h.used as usize, RUNS);
         assert_eq!(h.floor, 2004);

@@ -3,7 +3,7 @@
 //! All are `#[repr(C)]` plain data. Addresses are kept as four bytes in dotted order and NIDs as
 //! (address, LND, number) so that `bpftool map dump` of the BTF-typed maps reads naturally.
 
-use crate::{nid::Nid, tracker::Tracker};
+use crate::{history::PatchWalk, nid::Nid, tracker::Tracker};
 
 /// Most LNet ports one attachment follows.
 pub const MAX_PORTS: usize = 8;
@@ -26,8 +26,10 @@ pub mod names {
     pub const EVENTS: &str = "LNAT_EVENTS";
     /// Scratch space for building a flow entry ([`super::FlowState`]).
     pub const SCRATCH: &str = "LNAT_SCRATCH";
+    /// Per-packet working state of the datapath ([`super::Work`]).
+    pub const WORK: &str = "LNAT_WORK";
     /// Every map lnat pins, in the order `lnat status` reports them.
-    pub const ALL: [&str; 6] = [CONFIG, MAPPINGS, FLOWS, COUNTERS, EVENTS, SCRATCH];
+    pub const ALL: [&str; 7] = [CONFIG, MAPPINGS, FLOWS, COUNTERS, EVENTS, SCRATCH, WORK];
 }
 
 /// An IPv4 address as four bytes in dotted order.
@@ -59,10 +61,29 @@ pub struct NidKey {
     pub num: u16,
 }
 
+impl Config {
+    /// True when `port` is one of the followed LNet ports.
+    pub fn follows(&self, port: u16) -> bool {
+        let n = self.nports as usize;
+        let mut i = 0;
+        while i < MAX_PORTS {
+            if i < n && self.ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
 impl NidKey {
     /// The key of `nid`.
     pub const fn of(nid: Nid) -> Self {
-        NidKey { addr: nid.addr().to_be_bytes(), lnd: nid.lnd(), num: nid.num() }
+        NidKey {
+            addr: nid.addr().to_be_bytes(),
+            lnd: nid.lnd(),
+            num: nid.num(),
+        }
     }
 
     /// The NID this key names.
@@ -181,6 +202,26 @@ pub struct FlowState {
     pub opened_ns: u64,
     /// NIDs rewritten on this connection.
     pub rewrites: u64,
+    /// Sequence number of the stream's first byte: tells a repeated handshake from a new one.
+    pub start: u32,
+    /// Keeps the struct a multiple of 8 bytes.
+    pub _pad: u32,
+}
+
+/// What the datapath changes while it works through one packet.
+///
+/// Kept in a per-CPU map rather than on the stack: the verifier treats map memory as unknown, so
+/// the `bpf_loop` callbacks that update it converge in a few passes instead of being followed
+/// once per possible value.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Work {
+    /// Where the history pass is.
+    pub walk: PatchWalk,
+    /// NIDs rewritten in this packet.
+    pub rewrites: u32,
+    /// 1 when the packet could not be read or written.
+    pub failed: u32,
 }
 
 /// A learned mapping, as the datapath reports it to `lnat attach`.
@@ -206,4 +247,5 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::LearnEvent {}
+    unsafe impl aya::Pod for super::Work {}
 }

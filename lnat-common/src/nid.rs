@@ -100,48 +100,34 @@ impl NidForm {
         }
     }
 
-    /// Byte `i` of `nid` encoded in this form (zero past the field).
+    /// `nid` encoded in this form, zero-padded to the large-NID length.
     ///
-    /// Byte-at-a-time access lets the tracker compare a partly received field without building
-    /// the whole encoding on the eBPF stack.
-    pub const fn byte(self, nid: Nid, i: usize) -> u8 {
+    /// One branch on the form, then straight-line stores: cheap for the eBPF verifier.
+    pub const fn wire(self, nid: Nid) -> [u8; LARGE_NID_LEN] {
+        let mut out = [0u8; LARGE_NID_LEN];
         let addr = self.addr_bytes(nid.addr());
-        match self {
-            NidForm::Le => {
-                let net = nid.net().to_le_bytes();
-                match i {
-                    0..=3 => addr[i],
-                    4..=7 => net[i - 4],
-                    _ => 0,
-                }
-            }
-            NidForm::Be => {
-                let net = nid.net().to_be_bytes();
-                match i {
-                    0..=3 => net[i],
-                    4..=7 => addr[i - 4],
-                    _ => 0,
-                }
-            }
+        let (net, net_at, addr_at) = match self {
+            NidForm::Le => (nid.net().to_le_bytes(), 4, 0),
+            NidForm::Be => (nid.net().to_be_bytes(), 0, 4),
             NidForm::Large => {
                 let num = nid.num().to_be_bytes();
-                match i {
-                    0 => 0,
-                    1 => nid.lnd() as u8,
-                    2 => num[0],
-                    3 => num[1],
-                    4..=7 => addr[i - 4],
-                    _ => 0,
-                }
+                ([0, nid.lnd() as u8, num[0], num[1]], 0, 4)
             }
+        };
+        let mut i = 0;
+        while i < 4 {
+            out[net_at + i] = net[i];
+            out[addr_at + i] = addr[i];
+            i += 1;
         }
+        out
     }
 
     /// Writes `nid` into `out` (which must hold at least `self.len()` bytes).
     pub fn encode(self, nid: Nid, out: &mut [u8]) {
-        for (i, b) in out.iter_mut().take(self.len()).enumerate() {
-            *b = self.byte(nid, i);
-        }
+        let w = self.wire(nid);
+        let n = self.len();
+        out[..n].copy_from_slice(&w[..n]);
     }
 
     /// Reads a NID field; `None` for a large NID that is not IPv4 (or bytes too short).
@@ -305,7 +291,10 @@ mod tests {
             assert_eq!(e[off..off + 4], form.addr_bytes(nid.addr()));
             let other = enc(form, nid.with_addr(0x0a00_0001));
             for i in 0..form.len() {
-                assert_eq!(e[i] != other[i], (off..off + 4).contains(&i) && e[i] != other[i]);
+                assert_eq!(
+                    e[i] != other[i],
+                    (off..off + 4).contains(&i) && e[i] != other[i]
+                );
             }
         }
     }
@@ -313,18 +302,36 @@ mod tests {
     #[test]
     fn parse_rejects_malformed() {
         for bad in [
-            "", "1.2.3.4", "1.2.3@tcp", "1.2.3.4.5@tcp", "256.1.1.1@tcp", "1.2.3.4@", "1.2.3.4@udp",
-            "1.2.3.4@tcpx", "1.2.3.4@tcp99999", "a.b.c.d@tcp", "1..3.4@tcp", "+1.2.3.4@tcp",
+            "",
+            "1.2.3.4",
+            "1.2.3@tcp",
+            "1.2.3.4.5@tcp",
+            "256.1.1.1@tcp",
+            "1.2.3.4@",
+            "1.2.3.4@udp",
+            "1.2.3.4@tcpx",
+            "1.2.3.4@tcp99999",
+            "a.b.c.d@tcp",
+            "1..3.4@tcp",
+            "+1.2.3.4@tcp",
         ] {
             assert!(bad.parse::<Nid>().is_err(), "{bad:?} parsed");
         }
-        assert_eq!("10.0.0.1@o2ib2".parse::<Nid>().unwrap(), Nid::new(0x0a00_0001, O2IBLND, 2));
+        assert_eq!(
+            "10.0.0.1@o2ib2".parse::<Nid>().unwrap(),
+            Nid::new(0x0a00_0001, O2IBLND, 2)
+        );
         assert_eq!("0.0.0.0@lo".parse::<Nid>().unwrap(), Nid::new(0, LOLND, 0));
     }
 
     #[test]
     fn display_round_trips() {
-        for s in ["10.88.0.254@tcp", "192.168.50.2@tcp12", "10.0.0.1@o2ib", "0.0.0.0@lo"] {
+        for s in [
+            "10.88.0.254@tcp",
+            "192.168.50.2@tcp12",
+            "10.0.0.1@o2ib",
+            "0.0.0.0@lo",
+        ] {
             assert_eq!(std::format!("{}", s.parse::<Nid>().unwrap()), s);
         }
         assert_eq!(std::format!("{}", Nid::ANY), "<?>");

@@ -46,7 +46,9 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     fn mapped(&self, nid: Nid) -> Option<u32> {
-        self.mappings.get(&nid).map(|&a| if a == 0 { self.setup.local } else { a })
+        self.mappings
+            .get(&nid)
+            .map(|&a| if a == 0 { self.setup.local } else { a })
     }
 
     /// Rewrites the NID field at `at` if it maps; returns the address XOR it applied.
@@ -69,7 +71,11 @@ impl Walk<'_> {
         };
         let a = at + form.addr_offset();
         let mut xor = [0u8; 4];
-        for (i, (b, n)) in self.out[a..a + 4].iter_mut().zip(form.addr_bytes(t)).enumerate() {
+        for (i, (b, n)) in self.out[a..a + 4]
+            .iter_mut()
+            .zip(form.addr_bytes(t))
+            .enumerate()
+        {
             xor[i] = *b ^ n;
             *b = n;
         }
@@ -86,7 +92,11 @@ pub fn rewrite(stream: &[u8], setup: &Setup) -> Rewritten {
         learned: Vec::new(),
     };
     let desync_at = walk(&mut w);
-    Rewritten { bytes: w.out, learned: w.learned, desync_at }
+    Rewritten {
+        bytes: w.out,
+        learned: w.learned,
+        desync_at,
+    }
 }
 
 fn walk(w: &mut Walk<'_>) -> Option<usize> {
@@ -177,7 +187,8 @@ fn walk(w: &mut Walk<'_>) -> Option<usize> {
                 *b ^= x;
             }
         }
-        if proto == Proto::V1 && endian.u32(&w.out, p + hdr.msg_type) > wire::LnetType::Reply as u32 {
+        if proto == Proto::V1 && endian.u32(&w.out, p + hdr.msg_type) > wire::LnetType::Reply as u32
+        {
             return Some(p);
         }
         let payload = endian.u32(&w.out, p + ks + hdr.payload_length);

@@ -135,7 +135,11 @@ pub fn encode_unit(proto: Proto, endian: Endian, u: &Unit) -> Vec<u8> {
     let mut buf = [0u8; 128];
     match u {
         Unit::Noop => {
-            let n = KsockHdr { msg_type: wire::MSG_NOOP, ..KsockHdr::default() }.encode(endian, &mut buf);
+            let n = KsockHdr {
+                msg_type: wire::MSG_NOOP,
+                ..KsockHdr::default()
+            }
+            .encode(endian, &mut buf);
             buf[..n].to_vec()
         }
         Unit::Raw(b) => b.clone(),
@@ -144,7 +148,11 @@ pub fn encode_unit(proto: Proto, endian: Endian, u: &Unit) -> Vec<u8> {
             hdr.payload_length = payload.len() as u32;
             let mut msg = Vec::new();
             if proto != Proto::V1 {
-                let n = KsockHdr { msg_type: wire::MSG_LNET, ..KsockHdr::default() }.encode(endian, &mut buf);
+                let n = KsockHdr {
+                    msg_type: wire::MSG_LNET,
+                    ..KsockHdr::default()
+                }
+                .encode(endian, &mut buf);
                 msg.extend_from_slice(&buf[..n]);
             }
             let n = hdr.encode(proto, endian, &mut buf);
@@ -232,7 +240,14 @@ pub struct Cast {
 
 /// Generates a random stream: every message type, NOOPs, zero and odd payloads, checksums on
 /// V2, dest NIDs drawn from `dests`.
-pub fn random_stream(rng: &mut Rng, role: Role, proto: Proto, endian: Endian, cast: Cast, dests: &[Nid]) -> StreamSpec {
+pub fn random_stream(
+    rng: &mut Rng,
+    role: Role,
+    proto: Proto,
+    endian: Endian,
+    cast: Cast,
+    dests: &[Nid],
+) -> StreamSpec {
     let connreq = (role == Role::Passive).then(|| Connreq {
         nid: cast.external,
         version: if proto == Proto::V4 { 2 } else { 1 },
@@ -240,13 +255,25 @@ pub fn random_stream(rng: &mut Rng, role: Role, proto: Proto, endian: Endian, ca
     let hello = Hello {
         proto,
         src_nid: cast.peer,
-        dst_nid: if proto == Proto::V1 { Nid::ANY } else { cast.external },
+        dst_nid: if proto == Proto::V1 {
+            Nid::ANY
+        } else {
+            cast.external
+        },
         src_pid: wire::PID_LUSTRE,
-        dst_pid: if proto == Proto::V1 { 0 } else { wire::PID_USERFLAG | 40001 },
+        dst_pid: if proto == Proto::V1 {
+            0
+        } else {
+            wire::PID_USERFLAG | 40001
+        },
         src_incarnation: rng.next(),
         dst_incarnation: 0,
         ctype: 1 + rng.below(3) as u32,
-        nips: if rng.chance(20) { rng.below(3) as u32 } else { 0 },
+        nips: if rng.chance(20) {
+            rng.below(3) as u32
+        } else {
+            0
+        },
     };
     let csum = proto == Proto::V2 && rng.chance(70);
     let count = 1 + rng.below(40) as usize;
@@ -286,7 +313,12 @@ pub fn random_stream(rng: &mut Rng, role: Role, proto: Proto, endian: Endian, ca
         let payload = (0..len).map(|_| rng.next() as u8).collect();
         units.push(Unit::Lnet { hdr, payload, csum });
     }
-    StreamSpec { connreq, endian, hello, units }
+    StreamSpec {
+        connreq,
+        endian,
+        hello,
+        units,
+    }
 }
 
 /// One copy of a segment as it reaches the datapath.
@@ -334,7 +366,16 @@ pub struct Delivered {
 
 /// Delivers `stream` (first byte at sequence number `isn`) to a tracker through a hostile
 /// network, TCP-style: lost and dropped data is sent again until the receiver has it all.
-pub fn deliver(stream: &[u8], isn: u32, role: Role, local: u32, env: MapEnv, hint: Nid, w: Weather, rng: &mut Rng) -> Delivered {
+pub fn deliver(
+    stream: &[u8],
+    isn: u32,
+    role: Role,
+    local: u32,
+    env: MapEnv,
+    hint: Nid,
+    w: Weather,
+    rng: &mut Rng,
+) -> Delivered {
     let mut t = std::boxed::Box::new(Tracker::new(role, isn, local, hint));
     let mut env = env;
     let n = stream.len();
@@ -352,7 +393,10 @@ pub fn deliver(stream: &[u8], isn: u32, role: Role, local: u32, env: MapEnv, hin
             // New data, or a duplicate of something earlier.
             if next_new > 0 && rng.chance(w.dup) {
                 let a = rng.below(next_new as u64) as usize;
-                (a, (a + 1 + rng.below(w.max_seg as u64) as usize).min(next_new))
+                (
+                    a,
+                    (a + 1 + rng.below(w.max_seg as u64) as usize).min(next_new),
+                )
             } else {
                 let s = next_new;
                 let e = (s + 1 + rng.below(w.max_seg as u64) as usize).min(n);
@@ -362,8 +406,14 @@ pub fn deliver(stream: &[u8], isn: u32, role: Role, local: u32, env: MapEnv, hin
         } else {
             // Retransmit from the first byte the receiver lacks, maybe coalesced.
             let s = first_missing;
-            let limit = if rng.chance(w.coalesce) { 2 * w.max_seg } else { w.max_seg };
-            let e = (s + 1 + rng.below(limit as u64) as usize).min(n.max(s + 1)).min(n);
+            let limit = if rng.chance(w.coalesce) {
+                2 * w.max_seg
+            } else {
+                w.max_seg
+            };
+            let e = (s + 1 + rng.below(limit as u64) as usize)
+                .min(n.max(s + 1))
+                .min(n);
             next_new = next_new.max(e);
             (s, e)
         };
@@ -381,7 +431,14 @@ pub fn deliver(stream: &[u8], isn: u32, role: Role, local: u32, env: MapEnv, hin
         }
         let mut bytes = stream[start..end].to_vec();
         let seq = isn.wrapping_add(start as u32);
-        match segment::process(&mut t, seq, bytes.len() as u32, &mut VecPacket(&mut bytes), &mut env, 1 << 16) {
+        match segment::process(
+            &mut t,
+            seq,
+            bytes.len() as u32,
+            &mut VecPacket(&mut bytes),
+            &mut env,
+            1 << 16,
+        ) {
             Admit::Drop => {
                 dropped += 1;
                 continue;
@@ -399,7 +456,13 @@ pub fn deliver(stream: &[u8], isn: u32, role: Role, local: u32, env: MapEnv, hin
             }
         }
     }
-    Delivered { received, copies, dropped, env, tracker: t }
+    Delivered {
+        received,
+        copies,
+        dropped,
+        env,
+        tracker: t,
+    }
 }
 
 /// True when every copy agrees with `want` at every byte it carries.
@@ -416,5 +479,13 @@ pub fn copies_agree(d: &Delivered, want: &[u8]) -> Result<(), (usize, u8, u8)> {
 
 /// The reference rewrite of `stream` for a receiver set up like `env`.
 pub fn expected(stream: &[u8], role: Role, local: u32, env: &MapEnv) -> reference::Rewritten {
-    reference::rewrite(stream, &Setup { role, local, mappings: env.mappings.clone(), learn: env.learn })
+    reference::rewrite(
+        stream,
+        &Setup {
+            role,
+            local,
+            mappings: env.mappings.clone(),
+            learn: env.learn,
+        },
+    )
 }

@@ -57,6 +57,8 @@ pub enum Desync {
     NotHello = 6,
     /// A segment held more units than the datapath will parse in one packet.
     Overrun = 7,
+    /// The packet was shorter than its headers said, so its bytes could not be read or written.
+    Unreadable = 8,
 }
 
 impl Desync {
@@ -70,6 +72,7 @@ impl Desync {
             5 => Some(Desync::TooManyIps),
             6 => Some(Desync::NotHello),
             7 => Some(Desync::Overrun),
+            8 => Some(Desync::Unreadable),
             _ => None,
         }
     }
@@ -84,6 +87,7 @@ impl Desync {
             Desync::TooManyIps => "too many HELLO addresses",
             Desync::NotHello => "V1 HELLO is not a HELLO",
             Desync::Overrun => "too many units in one packet",
+            Desync::Unreadable => "packet shorter than its headers",
         }
     }
 }
@@ -221,7 +225,10 @@ impl Tracker {
             desync: 0,
             n_out: 0,
             _pad: [0; 2],
-            out: [Patch { pos: 0, xor: [0; 4] }; OUT_MAX],
+            out: [Patch {
+                pos: 0,
+                xor: [0; 4],
+            }; OUT_MAX],
             buf: [0; PREFIX_MAX],
             history: History::new(0),
         };
@@ -266,7 +273,11 @@ impl Tracker {
     /// Where the next window goes in `buf` and how much of it may be filled: `buf[at..at + max]`.
     pub const fn window(&self) -> (usize, usize) {
         let at = self.have as usize;
-        if at >= PREFIX_MAX { (PREFIX_MAX, 0) } else { (at, PREFIX_MAX - at) }
+        if at >= PREFIX_MAX {
+            (PREFIX_MAX, 0)
+        } else {
+            (at, PREFIX_MAX - at)
+        }
     }
 
     /// How a segment `[seq, seq + len)` relates to the stream.
@@ -276,7 +287,9 @@ impl Tracker {
         } else if seq::after(seq, self.cursor()) {
             Admit::Drop
         } else {
-            Admit::Track { miss: self.history.misses(seq) }
+            Admit::Track {
+                miss: self.history.misses(seq),
+            }
         }
     }
 
@@ -301,31 +314,25 @@ impl Tracker {
         let (at, room) = self.window();
         let end = at + if n < room { n } else { room };
         let start = self.have as usize;
-        // Probe, then the full prefix: two rounds at most, with a spare.
-        let mut round = 0;
-        while round < 3 {
-            round += 1;
-            let need = self.need as usize;
-            let upto = if need < end { need } else { end };
-            if upto > self.have as usize {
-                self.have = upto as u8;
-            }
-            let (seq_before, unit_before) = (self.unit_seq, self.unit);
-            self.progress(env);
-            let unit_done = self.unit_seq != seq_before || self.unit != unit_before;
-            // Stop when the unit ended (the rest of the window belongs to the next one), when the
-            // window is used up, or when the probe did not ask for more.
-            if unit_done || self.desynced() || upto == end || self.need as usize <= upto {
-                return upto - start;
-            }
+        // One step of parsing per call: the probe and the rest of a prefix are separate calls, so
+        // the verifier follows one path through `progress` per callback, not three in a row.
+        let need = self.need as usize;
+        let upto = if need < end { need } else { end };
+        if upto > start {
+            self.have = upto as u8;
         }
-        self.have as usize - start
+        self.progress(env);
+        upto.saturating_sub(start)
     }
 
     /// Copies `bytes` into the window and advances: the host-side way in.
     pub fn feed<E: Env>(&mut self, bytes: &[u8], env: &mut E) -> usize {
         let (at, room) = self.window();
-        let n = if bytes.len() < room { bytes.len() } else { room };
+        let n = if bytes.len() < room {
+            bytes.len()
+        } else {
+            room
+        };
         let mut i = 0;
         while i < n && at + i < PREFIX_MAX {
             self.buf[at + i] = bytes[i];
@@ -335,7 +342,11 @@ impl Tracker {
     }
 
     fn endian(&self) -> Endian {
-        if self.flags & F_FLIP != 0 { Endian::Big } else { Endian::Little }
+        if self.flags & F_FLIP != 0 {
+            Endian::Big
+        } else {
+            Endian::Little
+        }
     }
 
     fn rd32(&self, off: usize) -> u32 {
@@ -420,7 +431,8 @@ impl Tracker {
                     }
                 };
                 self.proto = proto as u8;
-                self.flags = (self.flags & !F_FLIP) | if endian == Endian::Big { F_FLIP } else { 0 };
+                self.flags =
+                    (self.flags & !F_FLIP) | if endian == Endian::Big { F_FLIP } else { 0 };
                 self.form = self.proto_form(proto) as u8;
                 self.need = (proto.hello().count_at + 4) as u8;
             }
@@ -457,7 +469,12 @@ impl Tracker {
     fn nid_field(&self) -> Option<NidField> {
         let form = self.form();
         match self.unit {
-            UNIT_CONNREQ => Some(NidField { off: wire::connreq::NID, form, pid_off: 0, learn: false }),
+            UNIT_CONNREQ => Some(NidField {
+                off: wire::connreq::NID,
+                form,
+                pid_off: 0,
+                learn: false,
+            }),
             UNIT_HELLO => self.proto().hello().dst_nid.map(|off| NidField {
                 off,
                 form,
@@ -485,13 +502,17 @@ impl Tracker {
 
     /// The NID of `field`, once all its bytes are in `buf`.
     fn nid_of(&self, field: NidField) -> Option<Nid> {
-        self.buf.get(field.off..field.off + field.form.len()).and_then(|b| field.form.decode(b))
+        self.buf
+            .get(field.off..field.off + field.form.len())
+            .and_then(|b| field.form.decode(b))
     }
 
     /// The address a complete NID becomes, if it is rewritten.
     fn full_target<E: Env>(&self, nid: Option<Nid>, learn: bool, env: &mut E) -> Option<u32> {
         let nid = nid?;
-        let mapped = env.mapping(nid).map(|a| if a == 0 { self.local } else { a });
+        let mapped = env
+            .mapping(nid)
+            .map(|a| if a == 0 { self.local } else { a });
         let target = if learn && env.learning() && nid.is_socklnd() {
             Some(mapped.unwrap_or(self.local))
         } else {
@@ -514,29 +535,36 @@ impl Tracker {
         if self.flags & F_REWRITE == 0 {
             return;
         }
-        let avail = if have - addr_at < 4 { have - addr_at } else { 4 };
+        let avail = if have - addr_at < 4 {
+            have - addr_at
+        } else {
+            4
+        };
         let done = self.emitted as usize;
         if avail <= done {
             return;
         }
-        let target = field.form.addr_bytes(self.target);
-        let mut xor = [0u8; 4];
-        let mut i = done;
-        while i < avail && i < 4 && addr_at + i < PREFIX_MAX {
-            xor[i] = self.buf[addr_at + i] ^ target[i];
-            i += 1;
-        }
-        self.emit(Patch { pos: self.unit_seq.wrapping_add(addr_at as u32), xor });
+        let target = u32::from_le_bytes(field.form.addr_bytes(self.target));
+        let a = addr_at % PREFIX_MAX;
+        let have_bytes = [
+            self.buf[a],
+            self.buf[(a + 1) % PREFIX_MAX],
+            self.buf[(a + 2) % PREFIX_MAX],
+            self.buf[(a + 3) % PREFIX_MAX],
+        ];
+        let full = u32::from_le_bytes(have_bytes) ^ target;
+        // The bytes newly in hand, [done, avail), as a word mask.
+        let upto = |k: usize| ((1u64 << (8 * k)) - 1) as u32;
+        let xor = (full & upto(avail) & !upto(done)).to_le_bytes();
+        self.emit(Patch {
+            pos: self.unit_seq.wrapping_add(addr_at as u32),
+            xor,
+        });
         self.emitted = avail as u8;
         if avail < 4 {
             return;
         }
-        let mut full = [0u8; 4];
-        let mut i = 0;
-        while i < 4 && addr_at + i < PREFIX_MAX {
-            full[i] = self.buf[addr_at + i] ^ target[i];
-            i += 1;
-        }
+        let full = full.to_le_bytes();
         if full == [0; 4] {
             return;
         }
@@ -567,7 +595,8 @@ impl Tracker {
                 Some(self.local)
             } else if self.hint != 0 && self.hint_matches(field, known) {
                 let hint = Nid(self.hint);
-                env.mapping(hint).map(|a| if a == 0 { self.local } else { a })
+                env.mapping(hint)
+                    .map(|a| if a == 0 { self.local } else { a })
             } else {
                 None
             }
@@ -580,11 +609,10 @@ impl Tracker {
 
     /// True when the first `known` bytes of the field are the hint's.
     fn hint_matches(&self, field: NidField, known: usize) -> bool {
-        let hint = Nid(self.hint);
+        let hint = field.form.wire(Nid(self.hint));
         let mut i = 0;
-        while i < known && i < field.form.len() {
-            let at = field.off + i;
-            if at >= PREFIX_MAX || self.buf[at] != field.form.byte(hint, i) {
+        while i < known && i < crate::nid::LARGE_NID_LEN {
+            if self.buf[(field.off + i) % PREFIX_MAX] != hint[i] {
                 return false;
             }
             i += 1;

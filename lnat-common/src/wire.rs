@@ -366,7 +366,11 @@ pub struct Connreq {
 impl Connreq {
     /// Encoded length.
     pub const fn len(&self) -> usize {
-        if self.version == 2 { connreq::LEN_V2 } else { connreq::LEN_V1 }
+        if self.version == 2 {
+            connreq::LEN_V2
+        } else {
+            connreq::LEN_V1
+        }
     }
 
     /// Encodes into `out`, returning the length written.
@@ -403,7 +407,9 @@ impl Connreq {
             2 => NidForm::Large,
             v => return Err(WireError::BadVersion(v)),
         };
-        let field = b.get(connreq::NID..connreq::NID + form.len()).ok_or(WireError::Short)?;
+        let field = b
+            .get(connreq::NID..connreq::NID + form.len())
+            .ok_or(WireError::Short)?;
         let nid = form.decode(field).ok_or(WireError::NotIpv4)?;
         Ok((Connreq { nid, version }, endian))
     }
@@ -482,7 +488,11 @@ impl Hello {
             }
         }
         let fixed = self.proto.hello().fixed;
-        let ip_endian = if self.proto == Proto::V1 { Endian::Little } else { endian };
+        let ip_endian = if self.proto == Proto::V1 {
+            Endian::Little
+        } else {
+            endian
+        };
         for i in 0..self.nips as usize {
             ip_endian.put_u32(out, fixed + 4 * i, 0x0a00_0001 + i as u32);
         }
@@ -626,7 +636,10 @@ impl LnetHdr {
         let l = proto.lnet_hdr();
         let b = b.get(..l.len).ok_or(WireError::Short)?;
         let form = proto.nid_form(endian == Endian::Big);
-        let nid = |off: usize| form.decode(&b[off..off + form.len()]).ok_or(WireError::NotIpv4);
+        let nid = |off: usize| {
+            form.decode(&b[off..off + form.len()])
+                .ok_or(WireError::NotIpv4)
+        };
         let mut body = [0u8; LnetHdrLayout::BODY_LEN];
         body.copy_from_slice(&b[l.body..l.body + LnetHdrLayout::BODY_LEN]);
         Ok(LnetHdr {
@@ -670,7 +683,10 @@ impl KsockHdr {
         Ok(KsockHdr {
             msg_type: endian.u32(b, ksock::TYPE),
             csum: endian.u32(b, ksock::CSUM),
-            zc_cookies: [endian.u64(b, ksock::ZC_COOKIES), endian.u64(b, ksock::ZC_COOKIES + 8)],
+            zc_cookies: [
+                endian.u64(b, ksock::ZC_COOKIES),
+                endian.u64(b, ksock::ZC_COOKIES + 8),
+            ],
         })
     }
 }
@@ -680,7 +696,9 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> std::vec::Vec<u8> {
-        s.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
     }
 
     fn nid(s: &str) -> Nid {
@@ -691,14 +709,20 @@ mod tests {
     #[test]
     fn connreq_vector() {
         let want = hex("00 71 ce ac 01 00 00 00 0a 71 00 cb 00 00 02 00");
-        let req = Connreq { nid: nid("203.0.113.10@tcp"), version: 1 };
+        let req = Connreq {
+            nid: nid("203.0.113.10@tcp"),
+            version: 1,
+        };
         let mut out = [0u8; 32];
         assert_eq!(req.encode(Endian::Little, &mut out), 16);
         assert_eq!(out[..16], want[..]);
         assert_eq!(Connreq::decode(&want), Ok((req, Endian::Little)));
         let n = req.encode(Endian::Big, &mut out);
         assert_eq!(Connreq::decode(&out[..n]), Ok((req, Endian::Big)));
-        let v2 = Connreq { nid: nid("203.0.113.10@tcp"), version: 2 };
+        let v2 = Connreq {
+            nid: nid("203.0.113.10@tcp"),
+            version: 2,
+        };
         let n = v2.encode(Endian::Little, &mut out);
         assert_eq!(n, 28);
         assert_eq!(Connreq::decode(&out[..n]), Ok((v2, Endian::Little)));
@@ -717,14 +741,23 @@ mod tests {
         );
         let (h, e, len) = Hello::decode(&client).unwrap();
         assert_eq!((e, len, h.proto), (Endian::Little, 56, Proto::V3));
-        assert_eq!((h.src_nid, h.dst_nid), (nid("198.51.100.2@tcp"), nid("203.0.113.10@tcp")));
-        assert_eq!((h.src_pid, h.dst_pid, h.ctype, h.nips), (PID_LUSTRE, 0, 1, 0));
+        assert_eq!(
+            (h.src_nid, h.dst_nid),
+            (nid("198.51.100.2@tcp"), nid("203.0.113.10@tcp"))
+        );
+        assert_eq!(
+            (h.src_pid, h.dst_pid, h.ctype, h.nips),
+            (PID_LUSTRE, 0, 1, 0)
+        );
         assert_eq!(h.src_incarnation, 0x18eb_1e4a_51f6_4e1b);
         let mut out = [0u8; 128];
         assert_eq!(h.encode(Endian::Little, &mut out), 56);
         assert_eq!(out[..56], client[..]);
         let (s, _, _) = Hello::decode(&server).unwrap();
-        assert_eq!((s.src_nid, s.dst_nid), (nid("203.0.113.10@tcp"), nid("203.0.113.1@tcp")));
+        assert_eq!(
+            (s.src_nid, s.dst_nid),
+            (nid("203.0.113.10@tcp"), nid("203.0.113.1@tcp"))
+        );
     }
 
     #[test]
@@ -737,7 +770,11 @@ mod tests {
                 let h = Hello {
                     proto,
                     src_nid: nid("203.0.113.10@tcp2"),
-                    dst_nid: if proto == Proto::V1 { Nid::ANY } else { nid("203.0.113.1@tcp2") },
+                    dst_nid: if proto == Proto::V1 {
+                        Nid::ANY
+                    } else {
+                        nid("203.0.113.1@tcp2")
+                    },
                     src_pid: PID_LUSTRE,
                     dst_pid: if proto == Proto::V1 { 0 } else { 7 },
                     src_incarnation: 0x1122_3344_5566_7788,
@@ -747,7 +784,11 @@ mod tests {
                 };
                 let mut out = [0u8; 256];
                 let n = h.encode(endian, &mut out);
-                assert_eq!(Hello::decode(&out[..n]), Ok((h, endian, n)), "{proto:?} {endian:?}");
+                assert_eq!(
+                    Hello::decode(&out[..n]),
+                    Ok((h, endian, n)),
+                    "{proto:?} {endian:?}"
+                );
                 assert_eq!(Hello::decode(&out[..n - 1]), Err(WireError::Short));
             }
         }
@@ -776,9 +817,19 @@ mod tests {
              00 00 00 00 00 00 00 00 04 00 00 00 00 00 00 00",
         );
         let k = KsockHdr::decode(Endian::Little, &msg).unwrap();
-        assert_eq!(k, KsockHdr { msg_type: MSG_LNET, csum: 0, zc_cookies: [0, 0] });
+        assert_eq!(
+            k,
+            KsockHdr {
+                msg_type: MSG_LNET,
+                csum: 0,
+                zc_cookies: [0, 0]
+            }
+        );
         let h = LnetHdr::decode(Proto::V3, Endian::Little, &msg[24..]).unwrap();
-        assert_eq!((h.dest_nid, h.src_nid), (nid("203.0.113.1@tcp"), nid("203.0.113.10@tcp")));
+        assert_eq!(
+            (h.dest_nid, h.src_nid),
+            (nid("203.0.113.1@tcp"), nid("203.0.113.10@tcp"))
+        );
         assert_eq!((h.dest_pid, h.src_pid), (0x8000_9c41, PID_LUSTRE));
         assert_eq!((h.msg_type, h.payload_length), (LnetType::Put as u32, 16));
         let mut out = [0u8; 96];

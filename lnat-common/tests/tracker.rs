@@ -3,9 +3,9 @@
 
 use lnat_common::{
     nid::Nid,
+    segment,
     testkit::{self, Cast, MapEnv, Rng, Unit, VecPacket, Weather},
     tracker::{Admit, Desync, Note, Role, Tracker},
-    segment,
     wire::{Endian, Proto},
 };
 use proptest::prelude::*;
@@ -15,7 +15,9 @@ fn nid(s: &str) -> Nid {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    s.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
+    s.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect()
 }
 
 const LOCAL: u32 = 0xc633_6402; // 198.51.100.2
@@ -46,7 +48,10 @@ fn vector_expected() -> Vec<u8> {
 }
 
 fn learning_env() -> MapEnv {
-    MapEnv { learn: true, ..MapEnv::default() }
+    MapEnv {
+        learn: true,
+        ..MapEnv::default()
+    }
 }
 
 /// The first guess a new flow gets, as the datapath takes it from its config: the most recent
@@ -66,8 +71,18 @@ fn run_cut(stream: &[u8], cuts: &[usize], env: &mut MapEnv) -> Vec<u8> {
     for w in bounds.windows(2) {
         let mut seg = stream[w[0]..w[1]].to_vec();
         let seq = isn.wrapping_add(w[0] as u32);
-        let a = segment::process(&mut t, seq, seg.len() as u32, &mut VecPacket(&mut seg), env, 1 << 12);
-        assert!(matches!(a, Admit::Track { miss: false } | Admit::Pass), "{a:?}");
+        let a = segment::process(
+            &mut t,
+            seq,
+            seg.len() as u32,
+            &mut VecPacket(&mut seg),
+            env,
+            1 << 12,
+        );
+        assert!(
+            matches!(a, Admit::Track { miss: false } | Admit::Pass),
+            "{a:?}"
+        );
         out.extend(seg);
     }
     out
@@ -86,7 +101,11 @@ fn every_single_split_gives_the_same_bytes() {
     let stream = vector_stream();
     for cut in 1..stream.len() {
         let mut env = learning_env();
-        assert_eq!(run_cut(&stream, &[cut], &mut env), vector_expected(), "cut at {cut}");
+        assert_eq!(
+            run_cut(&stream, &[cut], &mut env),
+            vector_expected(),
+            "cut at {cut}"
+        );
         assert_eq!(env.count(Note::Conflict), 0, "cut at {cut}");
     }
 }
@@ -97,7 +116,11 @@ fn every_pair_of_splits_and_one_byte_segments() {
     for a in 1..stream.len() {
         for b in a + 1..stream.len().min(a + 12) {
             let mut env = learning_env();
-            assert_eq!(run_cut(&stream, &[a, b], &mut env), vector_expected(), "cuts {a} {b}");
+            assert_eq!(
+                run_cut(&stream, &[a, b], &mut env),
+                vector_expected(),
+                "cuts {a} {b}"
+            );
         }
     }
     let all: Vec<usize> = (1..stream.len()).collect();
@@ -111,7 +134,10 @@ fn without_learning_only_static_mappings_apply() {
     assert_eq!(run_cut(&vector_stream(), &[], &mut env), vector_stream());
     let mut env = MapEnv::default();
     env.mappings.insert(nid("203.0.113.1@tcp"), 0);
-    assert_eq!(run_cut(&vector_stream(), &[20], &mut env), vector_expected());
+    assert_eq!(
+        run_cut(&vector_stream(), &[20], &mut env),
+        vector_expected()
+    );
     // An explicit local address wins over the connection's own.
     let mut env = MapEnv::default();
     env.mappings.insert(nid("203.0.113.1@tcp"), 0x0a00_0005);
@@ -137,9 +163,19 @@ fn desync_reason(stream: &[u8], role: Role) -> Option<Desync> {
     let mut t = Box::new(Tracker::new(role, 1000, LOCAL, Nid(0)));
     let mut env = learning_env();
     let mut seg = stream.to_vec();
-    segment::process(&mut t, 1000, seg.len() as u32, &mut VecPacket(&mut seg), &mut env, 1 << 12);
+    segment::process(
+        &mut t,
+        1000,
+        seg.len() as u32,
+        &mut VecPacket(&mut seg),
+        &mut env,
+        1 << 12,
+    );
     for (i, (a, b)) in seg.iter().zip(stream).enumerate() {
-        assert!(a == b || (16..20).contains(&i) || (80..84).contains(&i), "byte {i} changed");
+        assert!(
+            a == b || (16..20).contains(&i) || (80..84).contains(&i),
+            "byte {i} changed"
+        );
     }
     Desync::from_u8(t.desync)
 }
@@ -147,20 +183,38 @@ fn desync_reason(stream: &[u8], role: Role) -> Option<Desync> {
 #[test]
 fn bad_input_desyncs_with_a_reason() {
     let garbage: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
-    assert_eq!(desync_reason(&garbage, Role::Active), Some(Desync::BadMagic));
-    assert_eq!(desync_reason(&garbage, Role::Passive), Some(Desync::BadMagic));
+    assert_eq!(
+        desync_reason(&garbage, Role::Active),
+        Some(Desync::BadMagic)
+    );
+    assert_eq!(
+        desync_reason(&garbage, Role::Passive),
+        Some(Desync::BadMagic)
+    );
     let mut bad_version = vector_stream();
     bad_version[4] = 9;
-    assert_eq!(desync_reason(&bad_version, Role::Active), Some(Desync::BadVersion));
+    assert_eq!(
+        desync_reason(&bad_version, Role::Active),
+        Some(Desync::BadVersion)
+    );
     let mut bad_type = vector_stream();
     bad_type[56] = 0xc5;
-    assert_eq!(desync_reason(&bad_type, Role::Active), Some(Desync::BadType));
+    assert_eq!(
+        desync_reason(&bad_type, Role::Active),
+        Some(Desync::BadType)
+    );
     let mut too_long = vector_stream();
     too_long[56 + 52..56 + 56].copy_from_slice(&(0x0010_0001u32).to_le_bytes());
-    assert_eq!(desync_reason(&too_long, Role::Active), Some(Desync::TooLong));
+    assert_eq!(
+        desync_reason(&too_long, Role::Active),
+        Some(Desync::TooLong)
+    );
     let mut many_ips = vector_stream();
     many_ips[52] = 17;
-    assert_eq!(desync_reason(&many_ips, Role::Active), Some(Desync::TooManyIps));
+    assert_eq!(
+        desync_reason(&many_ips, Role::Active),
+        Some(Desync::TooManyIps)
+    );
     // A truncated header is simply waited for.
     assert_eq!(desync_reason(&vector_stream()[..70], Role::Active), None);
 }
@@ -171,13 +225,27 @@ fn a_segment_past_the_cursor_is_dropped_and_one_before_it_is_not() {
     let mut t = Box::new(Tracker::new(Role::Active, 0, LOCAL, Nid(0)));
     let mut env = learning_env();
     let mut tail = stream[60..].to_vec();
-    let a = segment::process(&mut t, 60, tail.len() as u32, &mut VecPacket(&mut tail), &mut env, 64);
+    let a = segment::process(
+        &mut t,
+        60,
+        tail.len() as u32,
+        &mut VecPacket(&mut tail),
+        &mut env,
+        64,
+    );
     assert_eq!(a, Admit::Drop);
     let mut head = stream[..60].to_vec();
     let a = segment::process(&mut t, 0, 60, &mut VecPacket(&mut head), &mut env, 64);
     assert_eq!(a, Admit::Track { miss: false });
     let mut tail = stream[56..].to_vec();
-    segment::process(&mut t, 56, tail.len() as u32, &mut VecPacket(&mut tail), &mut env, 64);
+    segment::process(
+        &mut t,
+        56,
+        tail.len() as u32,
+        &mut VecPacket(&mut tail),
+        &mut env,
+        64,
+    );
     assert_eq!(tail, vector_expected()[56..]);
     // A duplicate of the HELLO, after the fact, gets the same rewrite.
     let mut again = stream[..56].to_vec();
@@ -197,7 +265,14 @@ fn cast(proto: Proto) -> Cast {
 /// NIDs a server may address us by: ours, the NAT's, and strangers whose first and last octets
 /// differ from the NAT's (so that no prefix of theirs is the NAT's, in any byte order).
 fn lnet_dests(c: Cast) -> Vec<Nid> {
-    vec![c.external, c.external, c.local, nid("10.9.8.7@tcp"), nid("192.0.2.77@tcp1"), nid("203.0.113.9@tcp4")]
+    vec![
+        c.external,
+        c.external,
+        c.local,
+        nid("10.9.8.7@tcp"),
+        nid("192.0.2.77@tcp1"),
+        nid("203.0.113.9@tcp4"),
+    ]
 }
 
 fn protos() -> impl Strategy<Value = (Proto, Endian)> {
@@ -213,13 +288,15 @@ fn protos() -> impl Strategy<Value = (Proto, Endian)> {
 }
 
 fn weather() -> impl Strategy<Value = Weather> {
-    (1usize..300, 0u64..8, 0u64..10, 0u64..15, 0u64..50).prop_map(|(max_seg, loss, drop_after, dup, coalesce)| Weather {
-        max_seg,
-        loss,
-        drop_after,
-        dup,
-        coalesce,
-    })
+    (1usize..300, 0u64..8, 0u64..10, 0u64..15, 0u64..50).prop_map(
+        |(max_seg, loss, drop_after, dup, coalesce)| Weather {
+            max_seg,
+            loss,
+            drop_after,
+            dup,
+            coalesce,
+        },
+    )
 }
 
 proptest! {
@@ -312,7 +389,14 @@ fn copies_agree_at(d: &testkit::Delivered, want: &[u8]) -> Option<usize> {
 fn v2_checksums_survive_every_split() {
     let mut rng = Rng::new(42);
     let c = cast(Proto::V2);
-    let mut spec = testkit::random_stream(&mut rng, Role::Active, Proto::V2, Endian::Little, c, &[c.external]);
+    let mut spec = testkit::random_stream(
+        &mut rng,
+        Role::Active,
+        Proto::V2,
+        Endian::Little,
+        c,
+        &[c.external],
+    );
     spec.units.retain(|u| matches!(u, Unit::Lnet { .. }));
     for u in &mut spec.units {
         if let Unit::Lnet { csum, .. } = u {
@@ -324,7 +408,11 @@ fn v2_checksums_survive_every_split() {
     for cut in first..first + 100 {
         let mut env = learning_env();
         let out = run_cut(&stream, &[cut], &mut env);
-        assert_eq!(testkit::check_csums(&out, &spec), Ok(spec.units.len()), "cut {cut}");
+        assert_eq!(
+            testkit::check_csums(&out, &spec),
+            Ok(spec.units.len()),
+            "cut {cut}"
+        );
         assert!(env.count(Note::Compensated) >= 1);
     }
 }

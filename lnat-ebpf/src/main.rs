@@ -1,32 +1,195 @@
+//! lnat's TC ingress classifier: follows LNet socklnd streams and rewrites the destination NIDs
+//! a NAT made foreign back to this host's own.
+//!
+//! This crate only adapts: it finds the TCP segment in the packet, keeps the flow table, and lets
+//! `lnat_common::segment` decide and place every change. See `lnat_common::tracker`.
 #![no_std]
 #![no_main]
+// Atomic add on shared map values; the eBPF crate is built with nightly (see toolchain notes).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
-use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
-    btf_maps::PerCpuArray,
-    macros::{btf_map, classifier},
-    programs::TcContext,
+mod env;
+mod flows;
+mod headers;
+mod maps;
+mod skb;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use lnat_common::{
+    history::PatchWalk,
+    maps::{FlowState, Work},
+    segment::{self, Step},
+    seq,
+    tracker::{Admit, Desync},
 };
 
-#[repr(C)]
-pub struct Counters {
-    pub seen: u64,
-    pub other: u64,
-}
+use crate::{env::DpEnv, flows::Event, headers::Segment, skb::SkbPacket};
 
-#[btf_map]
-static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+/// Let the packet continue: the next tcx program or the stack (`TCX_NEXT` / `TC_ACT_UNSPEC`).
+const PASS: i32 = -1;
+/// Drop the packet (`TCX_DROP` / `TC_ACT_SHOT`).
+const DROP: i32 = 2;
+
+/// Most windows parsed, or recorded patches applied, in one packet. A 64 KiB GRO packet of
+/// NOOPs holds about 2,700 units; BIG TCP packets up to 512 KiB eight times that.
+const MAX_STEPS: u32 = 1 << 16;
 
 #[classifier]
-pub fn lnat(_ctx: TcContext) -> i32 {
-    if let Some(c) = COUNTERS.get_ptr_mut(0) {
-        unsafe { (*c).seen += 1 };
+pub fn lnat(ctx: TcContext) -> i32 {
+    let Some(seg) = headers::parse(&ctx) else {
+        return PASS;
+    };
+    let event = flows::event(&seg);
+    match event {
+        Event::Open(role) => flows::open(&seg, role),
+        Event::Close => {
+            flows::close(&seg);
+            return PASS;
+        }
+        Event::Fin | Event::Data => {}
     }
-    TC_ACT_UNSPEC
+    if seg.len == 0 {
+        return PASS;
+    }
+    let verdict = rewrite(&ctx, &seg);
+    if event == Event::Fin {
+        flows::close(&seg);
+    }
+    verdict
+}
+
+/// What the `bpf_loop` callbacks need. Read-only while they run: everything they change lives in
+/// map memory (the flow state and [`Work`]), which keeps the verifier's view of the loop small.
+struct Job<'a> {
+    flow: *mut FlowState,
+    work: *mut Work,
+    pkt: SkbPacket,
+    env: DpEnv<'a>,
+    seq: u32,
+    len: u32,
+}
+
+fn rewrite(ctx: &TcContext, seg: &Segment) -> i32 {
+    let Some(flow) = maps::FLOWS.get_ptr_mut(seg.key) else {
+        maps::count(|c| c.evicted += 1);
+        return PASS;
+    };
+    let Some(work) = maps::LNAT_WORK.get_ptr_mut(0) else {
+        return PASS;
+    };
+    // SAFETY: a value pointer from the flow table stays valid for this program run; a flow is
+    // only ever worked on by the CPU its packets arrive on.
+    let tracker = unsafe { &mut (*flow).tracker };
+    match tracker.admit(seg.seq, seg.len) {
+        Admit::Pass => return PASS,
+        Admit::Drop => {
+            maps::count(|c| c.dropped_ooo += 1);
+            return DROP;
+        }
+        Admit::Track { miss } => maps::count(|c| {
+            c.segments += 1;
+            c.history_misses += miss as u64;
+        }),
+    }
+    let reaches = tracker.history.reaches(seg.seq);
+    let Some(env) = DpEnv::new(ctx, seg, flow, work) else {
+        return PASS;
+    };
+    // SAFETY: this CPU's work area.
+    unsafe {
+        *work = Work {
+            walk: PatchWalk::new(seg.seq, seg.len),
+            rewrites: 0,
+            failed: 0,
+        };
+    }
+    let mut job = Job {
+        flow,
+        work,
+        pkt: SkbPacket::new(ctx, seg),
+        env,
+        seq: seg.seq,
+        len: seg.len,
+    };
+    if reaches {
+        run(history_cb, &mut job);
+    }
+    let steps = run(parse_cb, &mut job);
+    // SAFETY: as above.
+    let (tracker, failed) = unsafe { (&mut (*flow).tracker, (*work).failed) };
+    if failed != 0 {
+        tracker.desync(Desync::Unreadable, &mut job.env);
+    } else if steps >= MAX_STEPS && seq::before(tracker.cursor(), seg.seq.wrapping_add(seg.len)) {
+        tracker.desync(Desync::Overrun, &mut job.env);
+    }
+    job.env.finish();
+    PASS
+}
+
+type Callback = extern "C" fn(u64, *mut core::ffi::c_void) -> i64;
+
+/// Runs `cb` over `job` until it stops; returns the iterations done.
+fn run(cb: Callback, job: &mut Job<'_>) -> u32 {
+    // SAFETY: `bpf_loop` calls `cb` with `job`, which outlives the call.
+    let n = unsafe {
+        aya_ebpf::helpers::generated::bpf_loop(
+            MAX_STEPS,
+            cb as *mut core::ffi::c_void,
+            (job as *mut Job<'_>).cast(),
+            0,
+        )
+    };
+    if n < 0 { 0 } else { n as u32 }
+}
+
+/// Maps a step to `bpf_loop`'s continue (0) or stop (1), noting a failure.
+fn next(step: Step, work: *mut Work) -> i64 {
+    match step {
+        Step::More => 0,
+        Step::Done => 1,
+        Step::Failed => {
+            // SAFETY: this CPU's work area.
+            unsafe { (*work).failed = 1 };
+            1
+        }
+    }
+}
+
+/// One recorded patch onto the segment.
+extern "C" fn history_cb(_: u64, job: *mut core::ffi::c_void) -> i64 {
+    let job = job.cast::<Job<'_>>();
+    // SAFETY: `run` passes a live `Job`, whose pointers are to live map values.
+    unsafe {
+        let (flow, work) = ((*job).flow, (*job).work);
+        next(
+            segment::history_step(&(*flow).tracker, &mut (*work).walk, &mut (*job).pkt),
+            work,
+        )
+    }
+}
+
+/// One window of the segment through the tracker.
+extern "C" fn parse_cb(_: u64, job: *mut core::ffi::c_void) -> i64 {
+    let job = job.cast::<Job<'_>>();
+    // SAFETY: as in `history_cb`.
+    unsafe {
+        let (flow, work, seq, len) = ((*job).flow, (*job).work, (*job).seq, (*job).len);
+        let step = segment::parse_step(
+            &mut (*flow).tracker,
+            seq,
+            len,
+            &mut (*job).pkt,
+            &mut (*job).env,
+        );
+        next(step, work)
+    }
 }
 
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
+    // SAFETY: the verifier rejects any program with a reachable out-of-bounds access, so the
+    // bounds checks that lead here are never taken in a loaded program.
+    unsafe { core::hint::unreachable_unchecked() }
 }

@@ -1,0 +1,171 @@
+//! What the tracker asks of the datapath: mapping lookups, learning, counting, logging.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_log_ebpf::{info, warn};
+use lnat_common::{
+    maps::{Config, FlowKey, FlowState, LearnEvent, Mapping, NidKey, Origin, Work},
+    nid::Nid,
+    tracker::{Env, Note},
+};
+
+use crate::{headers::Segment, maps};
+
+/// The tracker's environment for one packet.
+pub struct DpEnv<'a> {
+    ctx: &'a TcContext,
+    cfg: *mut Config,
+    key: FlowKey,
+    flow: *mut FlowState,
+    work: *mut Work,
+}
+
+impl<'a> DpEnv<'a> {
+    /// The environment for `seg`, whose flow state is `flow`.
+    pub fn new(
+        ctx: &'a TcContext,
+        seg: &Segment,
+        flow: *mut FlowState,
+        work: *mut Work,
+    ) -> Option<Self> {
+        let cfg = maps::LNAT_CONFIG.get_ptr_mut(0)?;
+        Some(DpEnv {
+            ctx,
+            cfg,
+            key: seg.key,
+            flow,
+            work,
+        })
+    }
+
+    fn now() -> u64 {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    }
+
+    /// Credits this packet's rewrites to the mapping that made them.
+    pub fn finish(&mut self) {
+        // SAFETY: this CPU's work area.
+        let rewrites = unsafe { (*self.work).rewrites } as u64;
+        if rewrites == 0 {
+            return;
+        }
+        // SAFETY: the flow value outlives the packet's processing.
+        let flow = unsafe { &mut *self.flow };
+        flow.rewrites += rewrites;
+        let cache = flow.cache;
+        if cache.valid == 0 || cache.mapped == 0 {
+            return;
+        }
+        if let Some(m) = maps::MAPPINGS.get_ptr_mut(NidKey::of(Nid(cache.nid))) {
+            // SAFETY: a live mapping value; CPUs share it, so hits are added with BPF's atomic
+            // add (the target has no compare-and-swap, hence no `AtomicU64::fetch_add`).
+            unsafe {
+                core::intrinsics::atomic_xadd::<
+                    u64,
+                    u64,
+                    { core::intrinsics::AtomicOrdering::Relaxed },
+                >(&raw mut (*m).hits, rewrites);
+                (*m).last_used_ns = Self::now();
+            }
+        }
+    }
+}
+
+impl Env for DpEnv<'_> {
+    fn mapping(&mut self, nid: Nid) -> Option<u32> {
+        // SAFETY: config and flow values outlive the packet's processing.
+        let (generation, cache) = unsafe { ((*self.cfg).generation, &mut (*self.flow).cache) };
+        if cache.valid != 0 && cache.nid == nid.0 && cache.generation == generation {
+            return (cache.mapped != 0).then_some(cache.local);
+        }
+        // SAFETY: the value is read at once, before any other map operation.
+        let found = unsafe { maps::MAPPINGS.get(NidKey::of(nid)) }
+            .map(|m| u32::from_be_bytes(m.local_addr));
+        cache.nid = nid.0;
+        cache.generation = generation;
+        cache.valid = 1;
+        cache.mapped = found.is_some() as u8;
+        cache.local = found.unwrap_or(0);
+        found
+    }
+
+    fn learning(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { (*self.cfg).learn != 0 }
+    }
+
+    fn learn(&mut self, ext: Nid, local: Nid) {
+        let m = Mapping {
+            local_addr: [0; 4],
+            origin: Origin::Learned as u8,
+            _pad: [0; 3],
+            hits: 0,
+            last_used_ns: Self::now(),
+        };
+        let key = NidKey::of(ext);
+        if maps::MAPPINGS
+            .insert(key, m, aya_ebpf::bindings::BPF_NOEXIST as u64)
+            .is_err()
+        {
+            maps::count(|c| c.learn_failed += 1);
+            warn!(
+                self.ctx,
+                "no room to learn external NID {:i}@net {}",
+                ext.addr(),
+                ext.net()
+            );
+            return;
+        }
+        // SAFETY: as above; the hint and generation are single words any CPU may overwrite.
+        unsafe {
+            (*self.cfg).hint = key;
+            (*self.cfg).generation = (*self.cfg).generation.wrapping_add(1);
+        }
+        maps::count(|c| c.learned += 1);
+        let event = LearnEvent {
+            external: key,
+            local: NidKey::of(local),
+            flow: self.key,
+        };
+        let _ = maps::LNAT_EVENTS.output(event, 0);
+        info!(
+            self.ctx,
+            "learned external NID {:i} (net {:x}) from {:i}:{}",
+            ext.addr(),
+            ext.net(),
+            u32::from_be_bytes(self.key.peer_addr),
+            self.key.peer_port
+        );
+    }
+
+    fn note(&mut self, what: Note) {
+        match what {
+            Note::Rewrote => {
+                // SAFETY: this CPU's work area.
+                unsafe { (*self.work).rewrites += 1 };
+                maps::count(|c| c.rewritten += 1);
+            }
+            Note::Compensated => maps::count(|c| c.compensated += 1),
+            Note::Conflict => {
+                maps::count(|c| c.conflicts += 1);
+                warn!(
+                    self.ctx,
+                    "a NID split across segments from {:i}:{} was not the one its first bytes promised",
+                    u32::from_be_bytes(self.key.peer_addr),
+                    self.key.peer_port
+                );
+            }
+            Note::Desynced(why) => {
+                maps::count(|c| c.desynced += 1);
+                warn!(
+                    self.ctx,
+                    "stopped following {:i}:{} -> port {}: {}",
+                    u32::from_be_bytes(self.key.peer_addr),
+                    self.key.peer_port,
+                    self.key.local_port,
+                    why.name()
+                );
+            }
+        }
+    }
+}

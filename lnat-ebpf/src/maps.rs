@@ -1,0 +1,58 @@
+//! lnat's BPF maps. The names are `lnat_common::maps::names`; the types are shared with `lnat`.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
+};
+use lnat_common::maps::{
+    Config, Counters, DEFAULT_FLOWS, FlowKey, FlowState, LearnEvent, MAX_MAPPINGS, Mapping, NidKey,
+    Work,
+};
+
+/// Settings written by `lnat attach`: ports, learning, link-layer length, mapping generation.
+#[btf_map]
+pub static LNAT_CONFIG: Array<Config, 1> = Array::new();
+
+/// External NID to the local address it becomes.
+#[btf_map]
+pub static LNAT_MAPPINGS: HashMap<NidKey, Mapping, { MAX_MAPPINGS as usize }> = HashMap::new();
+
+/// Followed connections; least recently used ones make room for new ones.
+#[btf_map]
+pub static LNAT_FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOWS as usize }> =
+    LruHashMap::new();
+
+/// Decision counters.
+#[btf_map]
+pub static LNAT_COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+
+/// Learned mappings, reported to `lnat attach`.
+#[btf_map]
+pub static LNAT_EVENTS: RingBuf<LearnEvent, { 16 * 4096 }> = RingBuf::new();
+
+/// Where a new flow entry is built: it is too large for the stack.
+#[btf_map]
+pub static LNAT_SCRATCH: PerCpuArray<FlowState, 1> = PerCpuArray::new();
+
+/// Per-packet working state of the rewrite loops.
+#[btf_map]
+pub static LNAT_WORK: PerCpuArray<Work, 1> = PerCpuArray::new();
+
+/// Shorter names for the rest of the crate.
+pub use LNAT_FLOWS as FLOWS;
+pub use LNAT_MAPPINGS as MAPPINGS;
+
+/// The attachment's settings.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    LNAT_CONFIG.get(0)
+}
+
+/// Updates this CPU's counters.
+#[inline(always)]
+pub fn count(f: impl FnOnce(&mut Counters)) {
+    if let Some(c) = LNAT_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, and programs do not migrate while they run.
+        f(unsafe { &mut *c });
+    }
+}

@@ -1,0 +1,84 @@
+//! The segment's payload inside the socket buffer: reads, and writes that keep the TCP checksum.
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::generated::{bpf_l4_csum_replace, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    programs::TcContext,
+};
+use lnat_common::{csum, history::Clip, segment::Packet};
+
+use crate::headers::Segment;
+
+/// `v`, with everything the compiler knows about it forgotten.
+///
+/// LLVM drops a bounds check it can prove redundant from its own range analysis, which the
+/// verifier does not share; reading the value back through memory keeps the check in the
+/// bytecode, where the verifier needs it to bound a helper's length argument.
+#[inline(always)]
+fn opaque(v: u32) -> u32 {
+    // SAFETY: reads a local.
+    unsafe { core::ptr::read_volatile(&v) }
+}
+
+/// The payload of one segment.
+pub struct SkbPacket {
+    skb: *mut __sk_buff,
+    payload_off: u32,
+    check_off: u32,
+}
+
+impl SkbPacket {
+    /// The payload of `seg` in `ctx`.
+    pub fn new(ctx: &TcContext, seg: &Segment) -> Self {
+        SkbPacket {
+            skb: ctx.skb.skb,
+            payload_off: seg.payload_off,
+            check_off: seg.check_off,
+        }
+    }
+}
+
+impl Packet for SkbPacket {
+    fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {
+        let n = opaque(dst.len() as u32);
+        if n == 0 || n > lnat_common::tracker::PREFIX_MAX as u32 {
+            return false;
+        }
+        // SAFETY: `dst` is valid for `n` bytes; the helper checks the packet side.
+        unsafe {
+            bpf_skb_load_bytes(
+                self.skb.cast(),
+                self.payload_off + off,
+                dst.as_mut_ptr().cast(),
+                n,
+            ) == 0
+        }
+    }
+
+    fn patch(&mut self, clip: &Clip) -> bool {
+        let n = opaque(clip.len);
+        if n == 0 || n > 4 {
+            return false;
+        }
+        let at = self.payload_off + clip.off;
+        let mut old = [0u8; 4];
+        // SAFETY: `old` holds 4 bytes and n <= 4.
+        if unsafe { bpf_skb_load_bytes(self.skb.cast(), at, old.as_mut_ptr().cast(), n) } != 0 {
+            return false;
+        }
+        let mut new = old;
+        for (b, x) in new.iter_mut().zip(clip.xor) {
+            *b ^= x;
+        }
+        // If the store fails the packet is unchanged and the caller gives the flow up; the checksum
+        // update cannot fail once the store succeeded, as the field precedes the payload.
+        let diff = csum::replace_delta(clip.off & 1 == 1, old, new);
+        // SAFETY: `new` holds 4 bytes and n <= 4; offsets are checked by the helpers.
+        unsafe {
+            if bpf_skb_store_bytes(self.skb.cast(), at, new.as_ptr().cast(), n, 0) != 0 {
+                return false;
+            }
+            bpf_l4_csum_replace(self.skb.cast(), self.check_off, 0, diff as u64, 0) == 0
+        }
+    }
+}
