@@ -62,6 +62,11 @@ pub struct NidKey {
 }
 
 impl Config {
+    /// Both generations as one value: any mapping change, from either side, changes it.
+    pub const fn generations(&self) -> u64 {
+        ((self.generation as u64) << 32) | self.learn_generation as u64
+    }
+
     /// True when `port` is one of the followed LNet ports.
     pub fn follows(&self, port: u16) -> bool {
         let n = self.nports as usize;
@@ -108,10 +113,12 @@ pub enum Origin {
 pub struct Mapping {
     /// The local address to write; 0.0.0.0 means each connection's own address.
     pub local_addr: Addr,
+    /// For a learned mapping, the address of the connection it was learned on (for display).
+    pub learned_on: Addr,
     /// [`Origin`].
     pub origin: u8,
     /// Keeps the counters aligned.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
     /// NIDs rewritten through this mapping.
     pub hits: u64,
     /// `bpf_ktime_get_ns` of the last rewrite (or of creation).
@@ -132,8 +139,11 @@ pub struct Config {
     pub l2_len: u8,
     /// Keeps the next field aligned.
     pub _pad: u8,
-    /// Bumped on every mapping change, so flows drop cached lookups.
+    /// Bumped by `lnat` on every mapping change, so flows drop cached lookups.
     pub generation: u32,
+    /// Bumped by the datapath on every mapping it learns, for the same reason. Kept apart from
+    /// `generation` so neither side's read-modify-write can swallow the other's bump.
+    pub learn_generation: u32,
     /// The external NID most recently learned or added: the first guess for new connections.
     pub hint: NidKey,
 }
@@ -178,8 +188,8 @@ pub struct Counters {
 pub struct LookupCache {
     /// The NID looked up.
     pub nid: u64,
-    /// [`Config::generation`] when it was looked up.
-    pub generation: u32,
+    /// [`Config::generation`] and [`Config::learn_generation`] when it was looked up.
+    pub generation: u64,
     /// The mapped address (0 for the flow's own) when `mapped` is 1.
     pub local: u32,
     /// 1 when `nid` is mapped, 0 when not.
@@ -187,7 +197,7 @@ pub struct LookupCache {
     /// 1 when the cache holds a lookup.
     pub valid: u8,
     /// Keeps the struct a multiple of 8 bytes.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// One followed connection.

@@ -507,9 +507,9 @@ impl Tracker {
             .and_then(|b| field.form.decode(b))
     }
 
-    /// The address a complete NID becomes, if it is rewritten.
-    fn full_target<E: Env>(&self, nid: Option<Nid>, learn: bool, env: &mut E) -> Option<u32> {
-        let nid = nid?;
+    /// The address a complete NID becomes, if it is rewritten. (Four arguments at most: eBPF
+    /// calls pass five registers and no stack.)
+    fn full_target<E: Env>(&self, nid: Nid, learn: bool, env: &mut E) -> Option<u32> {
         let mapped = env
             .mapping(nid)
             .map(|a| if a == 0 { self.local } else { a });
@@ -587,7 +587,7 @@ impl Tracker {
         let len = field.form.len();
         let known = (self.have as usize).saturating_sub(field.off);
         let target = if known >= len {
-            self.full_target(self.nid_of(field), field.learn, env)
+            self.nid_of(field).and_then(|n| self.full_target(n, field.learn, env))
         } else {
             self.flags |= F_PREFIX;
             if field.learn && env.learning() {
@@ -625,7 +625,7 @@ impl Tracker {
     fn finish_nid<E: Env>(&mut self, field: NidField, env: &mut E) -> Option<Nid> {
         let nid = self.nid_of(field);
         if self.flags & (F_DECIDED | F_PREFIX) == F_DECIDED | F_PREFIX {
-            let full = self.full_target(nid, field.learn, env);
+            let full = nid.and_then(|n| self.full_target(n, field.learn, env));
             let made = (self.flags & F_REWRITE != 0)
                 .then_some(self.target)
                 .filter(|&t| nid.is_none_or(|n| n.addr() != t));

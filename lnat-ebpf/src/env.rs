@@ -74,7 +74,7 @@ impl<'a> DpEnv<'a> {
 impl Env for DpEnv<'_> {
     fn mapping(&mut self, nid: Nid) -> Option<u32> {
         // SAFETY: config and flow values outlive the packet's processing.
-        let (generation, cache) = unsafe { ((*self.cfg).generation, &mut (*self.flow).cache) };
+        let (generation, cache) = unsafe { ((*self.cfg).generations(), &mut (*self.flow).cache) };
         if cache.valid != 0 && cache.nid == nid.0 && cache.generation == generation {
             return (cache.mapped != 0).then_some(cache.local);
         }
@@ -97,8 +97,9 @@ impl Env for DpEnv<'_> {
     fn learn(&mut self, ext: Nid, local: Nid) {
         let m = Mapping {
             local_addr: [0; 4],
+            learned_on: local.addr().to_be_bytes(),
             origin: Origin::Learned as u8,
-            _pad: [0; 3],
+            _pad: [0; 7],
             hits: 0,
             last_used_ns: Self::now(),
         };
@@ -119,7 +120,7 @@ impl Env for DpEnv<'_> {
         // SAFETY: as above; the hint and generation are single words any CPU may overwrite.
         unsafe {
             (*self.cfg).hint = key;
-            (*self.cfg).generation = (*self.cfg).generation.wrapping_add(1);
+            (*self.cfg).learn_generation = (*self.cfg).learn_generation.wrapping_add(1);
         }
         maps::count(|c| c.learned += 1);
         let event = LearnEvent {

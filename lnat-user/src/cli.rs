@@ -1,0 +1,94 @@
+//! The command line.
+
+use clap::{Args, Parser, Subcommand};
+use lnat_common::{maps::DEFAULT_FLOWS, nid::Nid, wire::ACCEPTOR_PORT};
+
+/// Lustre through NAT, without a kernel patch.
+///
+/// A Lustre client behind a NAT that remaps its source ports is addressed by servers (running
+/// `lnet accept=all`) by the NAT's public NID, and its kernel drops every such message ("Bad dest
+/// nid ... should have been sent direct"). lnat attaches a TC program to the client's interface
+/// that rewrites those NIDs in the incoming socklnd stream back to the client's own.
+#[derive(Parser, Debug)]
+#[command(name = "lnat", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// lnat's commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach the datapath to an interface's ingress and run until SIGINT or SIGTERM.
+    Attach(AttachArgs),
+    /// Show mappings, followed connections and counters (works while `attach` runs).
+    Status(StatusArgs),
+    /// Add or remove a static mapping on a running attachment.
+    #[command(subcommand)]
+    Map(MapCommand),
+}
+
+/// `lnat attach`.
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Interface LNet traffic from the servers arrives on (e.g. eth0, wg0).
+    pub iface: String,
+    /// LNet acceptor port whose connections to follow; repeat for several.
+    #[arg(long = "port", value_name = "N", default_values_t = [ACCEPTOR_PORT])]
+    pub ports: Vec<u16>,
+    /// External NID servers address this host by (e.g. the NAT's 203.0.113.1@tcp); rewritten
+    /// to each connection's own address on that net. Repeat for several.
+    #[arg(long = "external", value_name = "NID", value_parser = parse_nid)]
+    pub externals: Vec<Nid>,
+    /// Do not learn external NIDs from server HELLOs; rewrite only the --external ones and those
+    /// added with `lnat map add`.
+    #[arg(long)]
+    pub no_learn: bool,
+    /// Forget a learned mapping after this many seconds without use (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub learn_ttl: u64,
+    /// Connections the flow table follows at once; the least recently used make room.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_FLOWS)]
+    pub max_flows: u32,
+}
+
+/// `lnat status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Interface to show; all attached ones when omitted.
+    pub iface: Option<String>,
+    /// Print JSON for programs to read.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `lnat map`.
+#[derive(Subcommand, Debug)]
+pub enum MapCommand {
+    /// Rewrite EXTERNAL_NID to LOCAL_NID (default: each connection's own address on that net).
+    Add {
+        /// The NID servers address this host by.
+        #[arg(value_name = "EXTERNAL_NID", value_parser = parse_nid)]
+        external: Nid,
+        /// The NID it becomes; must be on the same LNet net.
+        #[arg(value_name = "LOCAL_NID", value_parser = parse_nid)]
+        local: Option<Nid>,
+        /// The attachment to change.
+        #[arg(long, value_name = "IFACE")]
+        iface: String,
+    },
+    /// Stop rewriting EXTERNAL_NID (learned or static).
+    Del {
+        /// The NID to stop rewriting.
+        #[arg(value_name = "EXTERNAL_NID", value_parser = parse_nid)]
+        external: Nid,
+        /// The attachment to change.
+        #[arg(long, value_name = "IFACE")]
+        iface: String,
+    },
+}
+
+fn parse_nid(s: &str) -> Result<Nid, String> {
+    s.parse().map_err(|e| format!("malformed NID: {e}"))
+}

@@ -1,0 +1,5 @@
+//! One module per subcommand.
+
+pub mod attach;
+pub mod map;
+pub mod status;
