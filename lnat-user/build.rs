@@ -15,9 +15,16 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .find(|p| p.name.as_str() == "lnat-ebpf")
         .ok_or_else(|| anyhow!("lnat-ebpf is not in the workspace"))?;
-    let root = ebpf.manifest_path.parent().context("lnat-ebpf has no directory")?;
+    let root = ebpf
+        .manifest_path
+        .parent()
+        .context("lnat-ebpf has no directory")?;
     aya_build::build_ebpf(
-        [Package { name: "lnat-ebpf", root_dir: root.as_str(), ..Default::default() }],
+        [Package {
+            name: "lnat-ebpf",
+            root_dir: root.as_str(),
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

@@ -180,6 +180,8 @@ pub struct Counters {
     pub passed: u64,
     /// IPv4 fragments on an LNet port, passed untouched.
     pub fragments: u64,
+    /// Segments dropped because another CPU was working on their connection (TCP resends them).
+    pub contended: u64,
 }
 
 /// The adapter's cache of the last mapping lookup, so headers to the same NID skip the map.
@@ -212,6 +214,8 @@ pub struct FlowState {
     pub opened_ns: u64,
     /// NIDs rewritten on this connection.
     pub rewrites: u64,
+    /// The CPU working on the flow right now, plus one (0: none); see the datapath's `Claim`.
+    pub owner: u64,
     /// Sequence number of the stream's first byte: tells a repeated handshake from a new one.
     pub start: u32,
     /// Keeps the struct a multiple of 8 bytes.

@@ -77,7 +77,7 @@ pub const LARGE_NID_LEN: usize = 20;
 
 impl NidForm {
     /// Field length in bytes.
-    pub const fn len(self) -> usize {
+    pub const fn size(self) -> usize {
         match self {
             NidForm::Le | NidForm::Be => 8,
             NidForm::Large => LARGE_NID_LEN,
@@ -123,10 +123,10 @@ impl NidForm {
         out
     }
 
-    /// Writes `nid` into `out` (which must hold at least `self.len()` bytes).
+    /// Writes `nid` into `out` (which must hold at least `self.size()` bytes).
     pub fn encode(self, nid: Nid, out: &mut [u8]) {
         let w = self.wire(nid);
-        let n = self.len();
+        let n = self.size();
         out[..n].copy_from_slice(&w[..n]);
     }
 
@@ -290,7 +290,7 @@ mod tests {
             let off = form.addr_offset();
             assert_eq!(e[off..off + 4], form.addr_bytes(nid.addr()));
             let other = enc(form, nid.with_addr(0x0a00_0001));
-            for i in 0..form.len() {
+            for i in 0..form.size() {
                 assert_eq!(
                     e[i] != other[i],
                     (off..off + 4).contains(&i) && e[i] != other[i]

@@ -53,7 +53,7 @@ impl Walk<'_> {
 
     /// Rewrites the NID field at `at` if it maps; returns the address XOR it applied.
     fn nid(&mut self, at: usize, form: NidForm, learn: bool) -> [u8; 4] {
-        let Some(nid) = form.decode(&self.out[at..at + form.len()]) else {
+        let Some(nid) = form.decode(&self.out[at..at + form.size()]) else {
             return [0; 4];
         };
         let learning = learn && self.setup.learn && nid.is_socklnd();
@@ -113,7 +113,7 @@ fn walk(w: &mut Walk<'_>) -> Option<usize> {
                     NidForm::Le
                 };
                 w.nid(wire::connreq::NID, form, false);
-                p = req.len();
+                p = req.wire_len();
             }
             Err(wire::WireError::Short) => return None,
             Err(wire::WireError::NotIpv4) => p = wire::connreq::LEN_V2,
@@ -143,7 +143,7 @@ fn walk(w: &mut Walk<'_>) -> Option<usize> {
             return Some(p);
         }
         let bytes = Endian::Little.u32(&w.out, p + layout.count_at);
-        if bytes % 4 != 0 {
+        if !bytes.is_multiple_of(4) {
             return Some(p);
         }
         bytes / 4

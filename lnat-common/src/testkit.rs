@@ -120,7 +120,7 @@ impl StreamSpec {
             let n = req.encode(self.endian, &mut buf);
             out.extend_from_slice(&buf[..n]);
         }
-        let mut hello = vec![0u8; self.hello.len()];
+        let mut hello = vec![0u8; self.hello.wire_len()];
         self.hello.encode(self.endian, &mut hello);
         out.extend_from_slice(&hello);
         for u in &self.units {
@@ -171,7 +171,7 @@ pub fn encode_unit(proto: Proto, endian: Endian, u: &Unit) -> Vec<u8> {
 /// offset of the first message that fails.
 pub fn check_csums(stream: &[u8], spec: &StreamSpec) -> Result<usize, usize> {
     let proto = spec.hello.proto;
-    let mut p = spec.connreq.map_or(0, |r| r.len()) + spec.hello.len();
+    let mut p = spec.connreq.map_or(0, |r| r.wire_len()) + spec.hello.wire_len();
     let mut checked = 0;
     if proto == Proto::V1 {
         return Ok(0);
@@ -211,7 +211,7 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn bits(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -219,7 +219,7 @@ impl Rng {
     }
     /// A number in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.bits() % n
     }
     /// True with probability `percent`/100.
     pub fn chance(&mut self, percent: u64) -> bool {
@@ -266,7 +266,7 @@ pub fn random_stream(
         } else {
             wire::PID_USERFLAG | 40001
         },
-        src_incarnation: rng.next(),
+        src_incarnation: rng.bits(),
         dst_incarnation: 0,
         ctype: 1 + rng.below(3) as u32,
         nips: if rng.chance(20) {
@@ -300,7 +300,7 @@ pub fn random_stream(
             },
         };
         let mut body = [0u8; wire::LnetHdrLayout::BODY_LEN];
-        body.iter_mut().for_each(|b| *b = rng.next() as u8);
+        body.iter_mut().for_each(|b| *b = rng.bits() as u8);
         let hdr = LnetHdr {
             dest_nid: dests[rng.below(dests.len() as u64) as usize],
             src_nid: cast.peer,
@@ -310,7 +310,7 @@ pub fn random_stream(
             payload_length: 0,
             body,
         };
-        let payload = (0..len).map(|_| rng.next() as u8).collect();
+        let payload = (0..len).map(|_| rng.bits() as u8).collect();
         units.push(Unit::Lnet { hdr, payload, csum });
     }
     StreamSpec {
@@ -364,18 +364,29 @@ pub struct Delivered {
     pub tracker: std::boxed::Box<Tracker>,
 }
 
+/// The receiving host: its role on the connection, its address, its mappings, and the first
+/// guess at the NID the peer addresses it by (as the datapath's config gives new flows).
+#[derive(Clone, Debug)]
+pub struct Receiver {
+    /// Which side opened the connection.
+    pub role: Role,
+    /// Our address (host order).
+    pub local: u32,
+    /// Mappings and learning.
+    pub env: MapEnv,
+    /// The hint new flows start with.
+    pub hint: Nid,
+}
+
 /// Delivers `stream` (first byte at sequence number `isn`) to a tracker through a hostile
 /// network, TCP-style: lost and dropped data is sent again until the receiver has it all.
-pub fn deliver(
-    stream: &[u8],
-    isn: u32,
-    role: Role,
-    local: u32,
-    env: MapEnv,
-    hint: Nid,
-    w: Weather,
-    rng: &mut Rng,
-) -> Delivered {
+pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng) -> Delivered {
+    let Receiver {
+        role,
+        local,
+        env,
+        hint,
+    } = rx;
     let mut t = std::boxed::Box::new(Tracker::new(role, isn, local, hint));
     let mut env = env;
     let n = stream.len();

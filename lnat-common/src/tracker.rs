@@ -503,7 +503,7 @@ impl Tracker {
     /// The NID of `field`, once all its bytes are in `buf`.
     fn nid_of(&self, field: NidField) -> Option<Nid> {
         self.buf
-            .get(field.off..field.off + field.form.len())
+            .get(field.off..field.off + field.form.size())
             .and_then(|b| field.form.decode(b))
     }
 
@@ -584,10 +584,11 @@ impl Tracker {
     /// Chooses what the current NID becomes, from all of it or from its first bytes.
     fn decide<E: Env>(&mut self, field: NidField, env: &mut E) {
         self.flags |= F_DECIDED;
-        let len = field.form.len();
+        let len = field.form.size();
         let known = (self.have as usize).saturating_sub(field.off);
         let target = if known >= len {
-            self.nid_of(field).and_then(|n| self.full_target(n, field.learn, env))
+            self.nid_of(field)
+                .and_then(|n| self.full_target(n, field.learn, env))
         } else {
             self.flags |= F_PREFIX;
             if field.learn && env.learning() {
@@ -665,7 +666,7 @@ impl Tracker {
                         return;
                     }
                     let bytes = Endian::Little.u32(&self.buf, layout.count_at);
-                    if bytes % 4 != 0 {
+                    if !bytes.is_multiple_of(4) {
                         self.desync(Desync::TooManyIps, env);
                         return;
                     }

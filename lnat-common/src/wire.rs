@@ -365,7 +365,7 @@ pub struct Connreq {
 
 impl Connreq {
     /// Encoded length.
-    pub const fn len(&self) -> usize {
+    pub const fn wire_len(&self) -> usize {
         if self.version == 2 {
             connreq::LEN_V2
         } else {
@@ -375,7 +375,7 @@ impl Connreq {
 
     /// Encodes into `out`, returning the length written.
     pub fn encode(&self, endian: Endian, out: &mut [u8]) -> usize {
-        let len = self.len();
+        let len = self.wire_len();
         out[..len].fill(0);
         endian.put_u32(out, connreq::MAGIC, ACCEPTOR_MAGIC);
         endian.put_u32(out, connreq::VERSION, self.version);
@@ -408,7 +408,7 @@ impl Connreq {
             v => return Err(WireError::BadVersion(v)),
         };
         let field = b
-            .get(connreq::NID..connreq::NID + form.len())
+            .get(connreq::NID..connreq::NID + form.size())
             .ok_or(WireError::Short)?;
         let nid = form.decode(field).ok_or(WireError::NotIpv4)?;
         Ok((Connreq { nid, version }, endian))
@@ -440,13 +440,13 @@ pub struct Hello {
 
 impl Hello {
     /// Encoded length including the interface addresses.
-    pub const fn len(&self) -> usize {
+    pub const fn wire_len(&self) -> usize {
         self.proto.hello().fixed + 4 * self.nips as usize
     }
 
     /// Encodes into `out` (addresses written as 10.0.0.1, 10.0.0.2, ...), returning the length.
     pub fn encode(&self, endian: Endian, out: &mut [u8]) -> usize {
-        let len = self.len();
+        let len = self.wire_len();
         let out = &mut out[..len];
         out.fill(0);
         let form = self.proto.nid_form(endian == Endian::Big);
@@ -536,7 +536,7 @@ impl Hello {
         }
         let form = proto.nid_form(endian == Endian::Big);
         let nid_at = |off: usize| {
-            form.decode(&b[off..off + form.len()])
+            form.decode(&b[off..off + form.size()])
                 .ok_or(WireError::NotIpv4)
         };
         let hello = match proto {
@@ -546,7 +546,7 @@ impl Hello {
                     return Err(WireError::NotHello);
                 }
                 let bytes = Endian::Little.u32(b, h.payload_length);
-                if bytes % 4 != 0 || bytes / 4 > MAX_HELLO_IPS {
+                if !bytes.is_multiple_of(4) || bytes / 4 > MAX_HELLO_IPS {
                     return Err(WireError::TooManyIps(bytes / 4));
                 }
                 Hello {
@@ -587,7 +587,7 @@ impl Hello {
         if hello.nips > MAX_HELLO_IPS {
             return Err(WireError::TooManyIps(hello.nips));
         }
-        let len = hello.len();
+        let len = hello.wire_len();
         if b.len() < len {
             return Err(WireError::Short);
         }
@@ -637,7 +637,7 @@ impl LnetHdr {
         let b = b.get(..l.len).ok_or(WireError::Short)?;
         let form = proto.nid_form(endian == Endian::Big);
         let nid = |off: usize| {
-            form.decode(&b[off..off + form.len()])
+            form.decode(&b[off..off + form.size()])
                 .ok_or(WireError::NotIpv4)
         };
         let mut body = [0u8; LnetHdrLayout::BODY_LEN];

@@ -4,7 +4,7 @@
 use lnat_common::{
     nid::Nid,
     segment,
-    testkit::{self, Cast, MapEnv, Rng, Unit, VecPacket, Weather},
+    testkit::{self, Cast, MapEnv, Receiver, Rng, Unit, VecPacket, Weather},
     tracker::{Admit, Desync, Note, Role, Tracker},
     wire::{Endian, Proto},
 };
@@ -326,7 +326,8 @@ proptest! {
         let want = testkit::expected(&stream, role, LOCAL, &env);
         prop_assert_eq!(want.desync_at, None);
         let hint = hint_of(&env);
-        let d = testkit::deliver(&stream, rng.next() as u32, role, LOCAL, env, hint, w, &mut rng);
+        let rx = Receiver { role, local: LOCAL, env, hint };
+        let d = testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
         prop_assert!(d.received == want.bytes, "received bytes differ from the reference");
         prop_assert_eq!(copies_agree_at(&d, &want.bytes), None);
         prop_assert_eq!(&d.env.learned, &want.learned);
@@ -349,12 +350,13 @@ proptest! {
     ) {
         let mut rng = Rng::new(seed);
         let c = cast(proto);
-        let strangers: Vec<Nid> = (0..6).map(|_| Nid::new(rng.next() as u32 & 0xff0f_00ff | 0x0000_7100, 2, 0)).chain([c.external]).collect();
+        let strangers: Vec<Nid> = (0..6).map(|_| Nid::new(rng.bits() as u32 & 0xff0f_00ff | 0x0000_7100, 2, 0)).chain([c.external]).collect();
         let spec = testkit::random_stream(&mut rng, Role::Active, proto, endian, c, &strangers);
         let stream = spec.bytes();
         let env = MapEnv { learn: true, ..MapEnv::default() };
         let want = testkit::expected(&stream, Role::Active, LOCAL, &env);
-        let d = testkit::deliver(&stream, rng.next() as u32, Role::Active, LOCAL, env, Nid(0), w, &mut rng);
+        let rx = Receiver { role: Role::Active, local: LOCAL, env, hint: Nid(0) };
+        let d = testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
         prop_assert!(!d.tracker.desynced());
         prop_assert_eq!(d.tracker.cursor(), d.tracker.unit_seq);
         if d.received != want.bytes {
@@ -404,7 +406,7 @@ fn v2_checksums_survive_every_split() {
         }
     }
     let stream = spec.bytes();
-    let first = spec.hello.len();
+    let first = spec.hello.wire_len();
     for cut in first..first + 100 {
         let mut env = learning_env();
         let out = run_cut(&stream, &[cut], &mut env);

@@ -75,11 +75,23 @@ fn rewrite(ctx: &TcContext, seg: &Segment) -> i32 {
         maps::count(|c| c.evicted += 1);
         return PASS;
     };
+    // Packets of one connection can reach two CPUs at once (a sender migrating between veth
+    // queues, say); the tracker must only ever be worked on by one.
+    let Some(claim) = flows::Claim::take(flow) else {
+        maps::count(|c| c.contended += 1);
+        return DROP;
+    };
+    let verdict = rewrite_owned(ctx, seg, flow);
+    claim.release();
+    verdict
+}
+
+fn rewrite_owned(ctx: &TcContext, seg: &Segment, flow: *mut FlowState) -> i32 {
     let Some(work) = maps::LNAT_WORK.get_ptr_mut(0) else {
         return PASS;
     };
-    // SAFETY: a value pointer from the flow table stays valid for this program run; a flow is
-    // only ever worked on by the CPU its packets arrive on.
+    // SAFETY: a value pointer from the flow table stays valid for this program run (values are
+    // freed after an RCU grace period), and the claim makes this CPU its only user.
     let tracker = unsafe { &mut (*flow).tracker };
     match tracker.admit(seg.seq, seg.len) {
         Admit::Pass => return PASS,

@@ -73,10 +73,15 @@ pub fn attach(ebpf: &mut Ebpf, iface: &Iface) -> anyhow::Result<Attached> {
         .context("the datapath object has no lnat program")?
         .try_into()
         .context("the lnat program is not a TC classifier")?;
-    prog.load().context("the kernel's verifier rejected the datapath")?;
+    prog.load()
+        .context("the kernel's verifier rejected the datapath")?;
     let mode = if has_tcx()? {
-        prog.attach_with_options(&iface.name, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::first()))
-            .with_context(|| format!("attaching to {} ingress with tcx", iface.name))?;
+        prog.attach_with_options(
+            &iface.name,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .with_context(|| format!("attaching to {} ingress with tcx", iface.name))?;
         Mode::Tcx
     } else {
         if let Err(e) = tc::qdisc_add_clsact(&iface.name) {
@@ -85,9 +90,16 @@ pub fn attach(ebpf: &mut Ebpf, iface: &Iface) -> anyhow::Result<Attached> {
                 return Err(e).with_context(|| format!("adding a clsact qdisc to {}", iface.name));
             }
         }
-        let options = NlOptions { priority: 1, ..NlOptions::default() };
-        prog.attach_with_options(&iface.name, TcAttachType::Ingress, TcAttachOptions::Netlink(options))
-            .with_context(|| format!("attaching to {} ingress on clsact", iface.name))?;
+        let options = NlOptions {
+            priority: 1,
+            ..NlOptions::default()
+        };
+        prog.attach_with_options(
+            &iface.name,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(options),
+        )
+        .with_context(|| format!("attaching to {} ingress on clsact", iface.name))?;
         Mode::Clsact
     };
     let program_id = prog.info().context("reading the program's id")?.id();
@@ -101,21 +113,30 @@ pub fn running_on(iface: &str) -> anyhow::Result<Option<u32>> {
     }
     let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress)
         .with_context(|| format!("listing the programs on {iface} ingress"))?;
-    Ok(programs.iter().find(|p| p.name_as_str() == Some(PROGRAM)).map(|p| p.id()))
+    Ok(programs
+        .iter()
+        .find(|p| p.name_as_str() == Some(PROGRAM))
+        .map(|p| p.id()))
 }
 
 /// True on kernels with tcx links (6.6 and later).
 fn has_tcx() -> anyhow::Result<bool> {
-    Ok(KernelVersion::current().context("reading the kernel version")? >= KernelVersion::new(6, 6, 0))
+    Ok(
+        KernelVersion::current().context("reading the kernel version")?
+            >= KernelVersion::new(6, 6, 0),
+    )
 }
 
 /// Pins every lnat map of `ebpf` under `dir`.
 pub fn pin_maps(ebpf: &Ebpf, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for name in names::ALL {
-        let map = ebpf.map(name).ok_or_else(|| anyhow!("the datapath has no map {name}"))?;
+        let map = ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the datapath has no map {name}"))?;
         let path = dir.join(name);
-        map.pin(&path).with_context(|| format!("pinning {name} at {}", path.display()))?;
+        map.pin(&path)
+            .with_context(|| format!("pinning {name} at {}", path.display()))?;
     }
     Ok(())
 }
@@ -136,10 +157,18 @@ impl Maps {
         let flows = Map::LruHashMap(pins::open(iface, names::FLOWS)?);
         let counters = Map::PerCpuArray(pins::open(iface, names::COUNTERS)?);
         Ok(Maps {
-            config: config.try_into().context("LNAT_CONFIG is not the expected array")?,
-            mappings: mappings.try_into().context("LNAT_MAPPINGS is not the expected hash map")?,
-            flows: flows.try_into().context("LNAT_FLOWS is not the expected LRU hash map")?,
-            counters: counters.try_into().context("LNAT_COUNTERS is not the expected per-CPU array")?,
+            config: config
+                .try_into()
+                .context("LNAT_CONFIG is not the expected array")?,
+            mappings: mappings
+                .try_into()
+                .context("LNAT_MAPPINGS is not the expected hash map")?,
+            flows: flows
+                .try_into()
+                .context("LNAT_FLOWS is not the expected LRU hash map")?,
+            counters: counters
+                .try_into()
+                .context("LNAT_COUNTERS is not the expected per-CPU array")?,
         })
     }
 
@@ -158,7 +187,13 @@ impl Maps {
         if ports.is_empty() || ports.len() > MAX_PORTS {
             bail!("give between 1 and {MAX_PORTS} LNet ports");
         }
-        let mut cfg = Config { nports: ports.len() as u8, learn: learn as u8, l2_len, generation: 1, ..Config::default() };
+        let mut cfg = Config {
+            nports: ports.len() as u8,
+            learn: learn as u8,
+            l2_len,
+            generation: 1,
+            ..Config::default()
+        };
         cfg.ports[..ports.len()].copy_from_slice(ports);
         self.set_config(cfg)
     }
@@ -182,7 +217,9 @@ impl Maps {
             last_used_ns: now_ns(),
             ..Mapping::default()
         };
-        self.mappings.insert(NidKey::of(external), m, 0).with_context(|| format!("adding {external} to LNAT_MAPPINGS"))?;
+        self.mappings
+            .insert(NidKey::of(external), m, 0)
+            .with_context(|| format!("adding {external} to LNAT_MAPPINGS"))?;
         self.changed(Some(external))
     }
 
@@ -194,7 +231,11 @@ impl Maps {
                 Ok(true)
             }
             Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e).with_context(|| format!("removing {external} from LNAT_MAPPINGS")),
         }
     }
@@ -215,7 +256,9 @@ impl Maps {
         let stale: Vec<_> = self
             .mappings()?
             .into_iter()
-            .filter(|(_, m)| m.origin == Origin::Learned as u8 && now.saturating_sub(m.last_used_ns) > ttl_ns)
+            .filter(|(_, m)| {
+                m.origin == Origin::Learned as u8 && now.saturating_sub(m.last_used_ns) > ttl_ns
+            })
             .collect();
         for (nid, _) in &stale {
             self.remove(*nid)?;
@@ -257,12 +300,16 @@ fn sum(a: &Counters, b: &Counters) -> Counters {
         flows_closed: a.flows_closed + b.flows_closed,
         passed: a.passed + b.passed,
         fragments: a.fragments + b.fragments,
+        contended: a.contended + b.contended,
     }
 }
 
 /// The clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC), in nanoseconds.
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: writes into `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

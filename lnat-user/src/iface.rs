@@ -21,7 +21,12 @@ const ARPHRD_NONE: u16 = 0xfffe;
 
 /// Looks `name` up; a clear error for names that do not exist or cannot be pinned under.
 pub fn lookup(name: &str) -> anyhow::Result<Iface> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') || name == "." || name == ".." {
+    if name.is_empty()
+        || name.len() >= libc::IFNAMSIZ
+        || name.contains('/')
+        || name == "."
+        || name == ".."
+    {
         bail!("invalid interface name '{name}'");
     }
     let cname = CString::new(name).with_context(|| format!("invalid interface name '{name}'"))?;
@@ -30,12 +35,19 @@ pub fn lookup(name: &str) -> anyhow::Result<Iface> {
     if index == 0 {
         bail!("unknown interface '{name}'");
     }
-    let l2_len = match link_type(&cname).with_context(|| format!("reading the link type of {name}"))? {
-        ARPHRD_ETHER | ARPHRD_LOOPBACK => 14,
-        ARPHRD_NONE => 0,
-        other => bail!("interface {name} has link type {other}; lnat supports Ethernet and IP-only devices"),
-    };
-    Ok(Iface { name: name.to_owned(), index, l2_len })
+    let l2_len =
+        match link_type(&cname).with_context(|| format!("reading the link type of {name}"))? {
+            ARPHRD_ETHER | ARPHRD_LOOPBACK => 14,
+            ARPHRD_NONE => 0,
+            other => bail!(
+                "interface {name} has link type {other}; lnat supports Ethernet and IP-only devices"
+            ),
+        };
+    Ok(Iface {
+        name: name.to_owned(),
+        index,
+        l2_len,
+    })
 }
 
 /// The ARPHRD type of an interface, from `SIOCGIFHWADDR` (works in any network namespace, with

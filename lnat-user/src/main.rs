@@ -18,7 +18,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("bad arguments")
+                .trim_start_matches("error: ");
             eprintln!("lnat: error: {first} (see lnat --help)");
             return ExitCode::from(2);
         }
@@ -43,6 +47,9 @@ fn main() -> ExitCode {
 /// The error chain on one line: each cause up to its first line break (verifier logs run to
 /// thousands of lines; `LNAT_DEBUG=1` prints them).
 fn one_line(e: &anyhow::Error) -> String {
-    let parts: Vec<String> = e.chain().map(|c| c.to_string().lines().next().unwrap_or_default().to_owned()).collect();
+    let parts: Vec<String> = e
+        .chain()
+        .map(|c| c.to_string().lines().next().unwrap_or_default().to_owned())
+        .collect();
     parts.join(": ")
 }

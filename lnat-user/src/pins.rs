@@ -2,8 +2,7 @@
 //! `bpftool` to find.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -31,7 +30,14 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
             return Ok(());
         }
         let fstype = c"bpf";
-        if libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) != 0 {
+        if libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        ) != 0
+        {
             return Err(io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
         }
     }
@@ -42,7 +48,10 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
 pub fn open(iface: &str, name: &str) -> anyhow::Result<MapData> {
     let path = dir(iface).join(name);
     if !path.exists() {
-        bail!("lnat is not attached to {iface} (nothing pinned at {})", dir(iface).display());
+        bail!(
+            "lnat is not attached to {iface} (nothing pinned at {})",
+            dir(iface).display()
+        );
     }
     MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
 }
@@ -74,7 +83,14 @@ pub fn remove(iface: &str) -> anyhow::Result<()> {
     // Leave /sys/fs/bpf/lnat only if another attachment still uses it.
     match fs::remove_dir(ROOT) {
         Ok(()) => Ok(()),
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+            ) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(e).with_context(|| format!("removing {ROOT}")),
     }
 }

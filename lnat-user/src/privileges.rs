@@ -8,7 +8,8 @@ const CAP_BPF: u32 = 39;
 
 /// Fails with a clear message unless the process has CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN.
 pub fn require() -> anyhow::Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -16,7 +17,9 @@ pub fn require() -> anyhow::Result<()> {
         .context("no CapEff line in /proc/self/status")?;
     let has = |cap: u32| eff & (1 << cap) != 0;
     if !(has(CAP_BPF) || has(CAP_SYS_ADMIN)) || !has(CAP_NET_ADMIN) {
-        bail!("permission denied: lnat needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach its datapath");
+        bail!(
+            "permission denied: lnat needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach its datapath"
+        );
     }
     Ok(())
 }

@@ -84,6 +84,7 @@ pub fn counter_fields(c: &Counters) -> Vec<(&'static str, u64)> {
         ("flows_closed", c.flows_closed),
         ("passed", c.passed),
         ("fragments", c.fragments),
+        ("contended", c.contended),
     ]
 }
 
@@ -96,16 +97,24 @@ fn mapping_view(external: Nid, m: &Mapping, now: u64) -> MappingView {
     let net_name = net.to_string();
     let net_name = net_name.trim_start_matches("0.0.0.0");
     let local = if m.local_addr != [0; 4] {
-        external.with_addr(u32::from_be_bytes(m.local_addr)).to_string()
+        external
+            .with_addr(u32::from_be_bytes(m.local_addr))
+            .to_string()
     } else if m.learned_on != [0; 4] {
-        external.with_addr(u32::from_be_bytes(m.learned_on)).to_string()
+        external
+            .with_addr(u32::from_be_bytes(m.learned_on))
+            .to_string()
     } else {
         format!("*{net_name}")
     };
     MappingView {
         external: external.to_string(),
         local,
-        origin: if m.origin == Origin::Learned as u8 { "learned" } else { "static" },
+        origin: if m.origin == Origin::Learned as u8 {
+            "learned"
+        } else {
+            "static"
+        },
         hits: m.hits,
         idle_secs: now.saturating_sub(m.last_used_ns) / 1_000_000_000,
     }
@@ -116,7 +125,11 @@ fn flow_view(k: &FlowKey, f: &FlowState) -> FlowView {
     FlowView {
         peer: format!("{}:{}", addr(k.peer_addr), k.peer_port),
         local: format!("{}:{}", addr(k.local_addr), k.local_port),
-        role: if t.role == Role::Passive as u8 { "passive" } else { "active" },
+        role: if t.role == Role::Passive as u8 {
+            "passive"
+        } else {
+            "active"
+        },
         proto: (t.proto != 0).then_some(t.proto),
         rewrites: f.rewrites,
         desynced: Desync::from_u8(t.desync).map(Desync::name),
@@ -134,7 +147,11 @@ impl Status {
             program_id: datapath::running_on(iface).ok().flatten(),
             ports: cfg.ports[..(cfg.nports as usize).min(cfg.ports.len())].to_vec(),
             learning: cfg.learn != 0,
-            mappings: maps.mappings()?.iter().map(|(n, m)| mapping_view(*n, m, now)).collect(),
+            mappings: maps
+                .mappings()?
+                .iter()
+                .map(|(n, m)| mapping_view(*n, m, now))
+                .collect(),
             flows: maps.flows()?.iter().map(|(k, f)| flow_view(k, f)).collect(),
             counters: counter_fields(&maps.counters()?),
         })
@@ -142,7 +159,10 @@ impl Status {
 
     /// The value of a counter by name.
     pub fn counter(&self, name: &str) -> Option<u64> {
-        self.counters.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+        self.counters
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -165,7 +185,11 @@ impl fmt::Display for Status {
             writeln!(f, "  (none)")?;
         }
         for m in &self.mappings {
-            writeln!(f, "  {} -> {}  {}  hits {}  idle {}s", m.external, m.local, m.origin, m.hits, m.idle_secs)?;
+            writeln!(
+                f,
+                "  {} -> {}  {}  hits {}  idle {}s",
+                m.external, m.local, m.origin, m.hits, m.idle_secs
+            )?;
         }
         writeln!(f, "flows: {} followed", self.flows.len())?;
         for fl in &self.flows {
@@ -175,7 +199,11 @@ impl fmt::Display for Status {
                 None => write!(state, "following")?,
             }
             let proto = fl.proto.map_or("-".to_owned(), |p| format!("V{p}"));
-            writeln!(f, "  {} -> {}  {}  {proto}  {state}  rewrites {}", fl.peer, fl.local, fl.role, fl.rewrites)?;
+            writeln!(
+                f,
+                "  {} -> {}  {}  {proto}  {state}  rewrites {}",
+                fl.peer, fl.local, fl.role, fl.rewrites
+            )?;
         }
         write!(f, "counters:")?;
         for (name, value) in &self.counters {

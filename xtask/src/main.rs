@@ -1,1 +1,43 @@
-fn main() {}
+//! `cargo xtask`: everything lnat needs, from a fresh machine to a demo, tests and benchmarks.
+
+mod setup;
+mod test;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// lnat's developer commands.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing lnat needs (Debian packages, rust-src, bpf-linker).
+    Setup,
+    /// Build the `lnat` and `lnet-peer` binaries (release).
+    Build,
+    /// Run every check: formatting, clippy, unit, property and namespace tests.
+    Test(test::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build => setup::run().and_then(|()| workspace::build_release()),
+        Command::Test(args) => test::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

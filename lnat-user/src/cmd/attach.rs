@@ -24,7 +24,11 @@ impl log::Log for DatapathLog {
         true
     }
     fn log(&self, record: &log::Record<'_>) {
-        say(&format!("datapath: {} {}", record.level().as_str().to_lowercase(), record.args()));
+        say(&format!(
+            "datapath: {} {}",
+            record.level().as_str().to_lowercase(),
+            record.args()
+        ));
     }
     fn flush(&self) {}
 }
@@ -54,7 +58,10 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     check_ports(&args.ports)?;
     pins::ensure_bpffs()?;
     if let Some(id) = datapath::running_on(&iface.name)? {
-        bail!("lnat is already attached to {} (program {id}); stop that lnat first", iface.name);
+        bail!(
+            "lnat is already attached to {} (program {id}); stop that lnat first",
+            iface.name
+        );
     }
     let dir = pins::dir(&iface.name);
     if dir.exists() {

@@ -9,14 +9,21 @@ use crate::cli::MapCommand;
 pub fn run(cmd: MapCommand) -> anyhow::Result<()> {
     privileges::require()?;
     match cmd {
-        MapCommand::Add { external, local, iface } => {
+        MapCommand::Add {
+            external,
+            local,
+            iface,
+        } => {
             if let Some(l) = local
                 && l.net() != external.net()
             {
                 bail!("LOCAL_NID {l} is not on the same LNet net as EXTERNAL_NID {external}");
             }
             Maps::pinned(&iface)?.add_static(external, local)?;
-            let to = local.map_or_else(|| "each connection's own address".to_owned(), |l| l.to_string());
+            let to = local.map_or_else(
+                || "each connection's own address".to_owned(),
+                |l| l.to_string(),
+            );
             println!("lnat: {external} -> {to} on {iface} (static)");
         }
         MapCommand::Del { external, iface } => {

@@ -17,7 +17,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         }
         None => pins::attached()?,
     };
-    let statuses = ifaces.iter().map(|i| Status::read(i)).collect::<anyhow::Result<Vec<_>>>()?;
+    let statuses = ifaces
+        .iter()
+        .map(|i| Status::read(i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if args.json {
         let json = match (&args.iface, statuses.as_slice()) {
             (Some(_), [one]) => serde_json::to_string_pretty(one),
@@ -25,7 +28,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         };
         println!("{}", json.context("encoding the status as JSON")?);
     } else if statuses.is_empty() {
-        println!("lnat is not attached to any interface (nothing under {})", pins::ROOT);
+        println!(
+            "lnat is not attached to any interface (nothing under {})",
+            pins::ROOT
+        );
     } else {
         for s in &statuses {
             print!("{s}");

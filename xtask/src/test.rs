@@ -1,0 +1,68 @@
+//! `cargo xtask test`: the whole suite, as CI runs it.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::{
+    setup,
+    workspace::{self, cargo, exec},
+};
+
+/// Options of `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only run tests whose name contains this.
+    filter: Option<String>,
+}
+
+/// Runs formatting and lint checks, then every test in release mode.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    setup::run()?;
+    if !workspace::is_root() {
+        bail!(
+            "the namespace tests need root (network namespaces, BPF): run cargo xtask test as root"
+        );
+    }
+    exec(cargo().args(["fmt", "--all", "--check"]))?;
+    exec(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "lnat-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The datapath only builds for BPF, with nightly (../shared/toolchain.md).
+    exec(
+        Command::new("rustup")
+            .current_dir(workspace::root().join("lnat-ebpf"))
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+            ])
+            .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
+    )?;
+    workspace::build_release()?;
+    let mut test = cargo();
+    test.args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "lnat-ebpf",
+        "--no-fail-fast",
+    ])
+    .env("LNAT_BIN", workspace::release_bin("lnat"));
+    if let Some(f) = &args.filter {
+        test.arg(f);
+    }
+    exec(&mut test)
+}
