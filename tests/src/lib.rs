@@ -1,1 +1,13 @@
+//! lnat's test world: network namespaces with a NAT between an LNet client and server, an LNet
+//! peer emulator that follows the kernel's rules (lnet-wire.md), and helpers to run `lnat` in it.
+//! The namespace tests in `tests/` and `cargo xtask demo` are built on it.
 
+pub mod blob;
+pub mod client;
+pub mod harness;
+pub mod lnet;
+pub mod ns;
+pub mod report;
+pub mod server;
+pub mod topology;
+pub mod workload;

@@ -1,0 +1,265 @@
+//! Running lnat and the emulated peers in a [`Topology`](crate::topology::Topology).
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    ns::{self, Netns, Proc},
+    report::{ClientReport, ServerReport},
+};
+
+/// A binary of this workspace: `$env`, else next to the running executable or in
+/// target/{release,debug}.
+fn find_bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join(name))
+        .collect();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    candidates.extend([
+        target.join("release").join(name),
+        target.join("debug").join(name),
+    ]);
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The `lnat` binary (`$LNAT_BIN` or the workspace's build).
+pub fn lnat_bin() -> PathBuf {
+    find_bin("lnat", "LNAT_BIN")
+}
+
+/// The `lnet-peer` binary (`$LNET_PEER_BIN` or the workspace's build).
+pub fn peer_bin() -> PathBuf {
+    find_bin("lnet-peer", "LNET_PEER_BIN")
+}
+
+/// A place to run lnat: a network namespace plus a mount namespace that outlives any one lnat
+/// process (held by an idle process), so its bpffs and pins can be inspected after lnat exits,
+/// as on a real host.
+pub struct Host {
+    holder: Proc,
+}
+
+impl Host {
+    /// A host in `ns`.
+    pub fn new(ns: &Netns) -> anyhow::Result<Host> {
+        let holder = ns.spawn(&["sleep", "infinity"])?;
+        // `ip netns exec` sets up the namespace's /sys, then execs: wait for the exec.
+        let comm = format!("/proc/{}/comm", holder.pid());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&comm)
+            .map(|c| c.trim() != "sleep")
+            .unwrap_or(true)
+        {
+            if Instant::now() >= deadline {
+                bail!("the namespace holder did not start");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(Host { holder })
+    }
+
+    /// A command running `args` in this host's network and mount namespaces.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let pid = self.holder.pid().to_string();
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &pid, "-m", "-n"]).args(args);
+        c
+    }
+
+    /// Runs `args` on this host and returns its stdout.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        ns::output(&mut self.command(args))
+    }
+
+    /// Runs `lnat ARGS...` on this host: stdout, or an error with lnat's message.
+    pub fn lnat(&self, args: &[&str]) -> anyhow::Result<String> {
+        let bin = lnat_bin();
+        let mut argv = vec![bin.to_str().unwrap_or("lnat")];
+        argv.extend_from_slice(args);
+        self.run(&argv)
+    }
+}
+
+/// A running `lnat attach`, stopped (SIGINT) on drop.
+pub struct Lnat<'h> {
+    host: &'h Host,
+    proc: Option<Proc>,
+    iface: String,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl<'h> Lnat<'h> {
+    /// Starts `lnat attach IFACE ARGS...` on `host` and waits for it to say it is attached.
+    pub fn attach(host: &'h Host, iface: &str, args: &[&str]) -> anyhow::Result<Lnat<'h>> {
+        let bin = lnat_bin();
+        let bin = bin.to_string_lossy();
+        let mut argv = vec![bin.as_ref(), "attach", iface];
+        argv.extend_from_slice(args);
+        let mut cmd = host.command(&argv);
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting lnat attach")?;
+        let mut proc = Proc::from_child(child, "lnat attach");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            proc.take_stdout()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            proc.take_stderr().map(|p| Box::new(p) as _),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = lines.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        let mut lnat = Lnat {
+            host,
+            proc: Some(proc),
+            iface: iface.to_owned(),
+            lines,
+        };
+        lnat.wait_line("attached to", Duration::from_secs(30))?;
+        Ok(lnat)
+    }
+
+    /// Everything lnat printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits for a line containing `needle`.
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return Ok(l);
+            }
+            if !self.proc.as_mut().is_some_and(Proc::running) {
+                bail!(
+                    "lnat exited before printing {needle:?}: {}",
+                    self.lines().join(" | ")
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "lnat did not print {needle:?} within {timeout:?}: {}",
+                    self.lines().join(" | ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id of `lnat attach`.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, Proc::pid)
+    }
+
+    /// `lnat status IFACE --json`, from another process on the same host.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let out = self.host.lnat(&["status", &self.iface, "--json"])?;
+        serde_json::from_str(&out).context("parsing lnat status --json")
+    }
+
+    /// One counter from `lnat status`.
+    pub fn counter(&self, name: &str) -> anyhow::Result<u64> {
+        let s = self.status()?;
+        s["counters"][name]
+            .as_u64()
+            .with_context(|| format!("no counter {name}"))
+    }
+
+    /// Stops lnat with SIGINT and returns everything it printed.
+    pub fn stop(mut self) -> anyhow::Result<Vec<String>> {
+        let proc = self.proc.take().context("already stopped")?;
+        proc.signal(libc::SIGINT);
+        let out = proc.wait(Duration::from_secs(20))?;
+        // The reader threads have drained the pipes by the time the process is gone.
+        std::thread::sleep(Duration::from_millis(50));
+        if !out.status.success() {
+            bail!(
+                "lnat exited with {}: {}",
+                out.status,
+                self.lines().join(" | ")
+            );
+        }
+        Ok(self.lines())
+    }
+}
+
+impl Drop for Lnat<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.signal(libc::SIGINT);
+            let _ = p.wait(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Starts `lnet-peer server ARGS...` in `ns`.
+pub fn server(ns: &Netns, args: &[&str]) -> anyhow::Result<Proc> {
+    let bin = peer_bin();
+    let bin = bin.to_string_lossy();
+    let mut argv = vec![bin.as_ref(), "server"];
+    argv.extend_from_slice(args);
+    let p = ns.spawn(&argv)?;
+    // Let it bind before a client dials.
+    std::thread::sleep(Duration::from_millis(150));
+    Ok(p)
+}
+
+/// The server's report, once it exits.
+pub fn server_report(p: Proc, timeout: Duration) -> anyhow::Result<ServerReport> {
+    let out = p.wait(timeout)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| {
+        format!(
+            "server report: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Runs `lnet-peer client ARGS...` in `ns` to the end and returns its report.
+pub fn client(ns: &Netns, args: &[&str], timeout: Duration) -> anyhow::Result<ClientReport> {
+    let bin = peer_bin();
+    let bin = bin.to_string_lossy();
+    let mut argv = vec![bin.as_ref(), "client"];
+    argv.extend_from_slice(args);
+    let out = ns.spawn(&argv)?.wait(timeout)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| {
+        format!(
+            "client report: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

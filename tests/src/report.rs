@@ -1,0 +1,57 @@
+//! The JSON reports `lnet-peer` prints, one line per run.
+
+use serde::{Deserialize, Serialize};
+
+/// One PUT, as sent or received.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Put {
+    /// Its index (match bits).
+    pub index: u64,
+    /// Payload bytes.
+    pub size: u32,
+    /// SHA-256 of the payload.
+    pub digest: String,
+}
+
+/// What the client saw.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct ClientReport {
+    /// `ok`, `rejected`, `refused`, `timeout` or `error`.
+    pub status: String,
+    /// Why, when not ok: the kernel-style message.
+    pub reason: String,
+    /// The dst_nid of the server's last HELLO (what the server calls us).
+    pub server_hello_dst_nid: String,
+    /// Local port of the last connection.
+    pub local_port: u16,
+    /// Connections made.
+    pub connections: u32,
+    /// Connections given up on (rejected, reset).
+    pub failures: u32,
+    /// Distinct PUTs received, by index.
+    pub received: Vec<Put>,
+}
+
+/// One connection the server accepted.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct ServedConn {
+    /// The peer's address and port, as the server sees it.
+    pub peer: String,
+    /// The NID the server gave the peer.
+    pub peer_nid: String,
+    /// The pid the server gave the peer.
+    pub peer_pid: u32,
+    /// socklnd version.
+    pub proto: u8,
+    /// Why the connection was refused, if it was.
+    pub refused: Option<String>,
+    /// PUTs sent.
+    pub sent: Vec<Put>,
+}
+
+/// What the server did.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct ServerReport {
+    /// Every accepted connection.
+    pub connections: Vec<ServedConn>,
+}

@@ -1,0 +1,223 @@
+//! The emulated LNet server: the acceptor and passive socklnd rules of lnet-wire.md, then a
+//! stream of PUTs to each peer.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use lnat_common::{
+    nid::Nid,
+    wire::{self, Endian, Hello, LnetType, Proto},
+};
+
+use crate::{
+    lnet::{self, Msg, Wire},
+    report::{Put, ServedConn, ServerReport},
+    workload::{self, Sizes},
+};
+
+/// The acceptor's `accept` module parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accept {
+    /// Any source port.
+    All,
+    /// Only reserved source ports (the kernel's default).
+    Secure,
+}
+
+/// How the server behaves.
+#[derive(Clone, Debug)]
+pub struct ServerOpts {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The server's NID.
+    pub nid: Nid,
+    /// The acceptor rule.
+    pub accept: Accept,
+    /// PUTs per peer.
+    pub puts: u64,
+    /// Seed of sizes and payloads.
+    pub seed: u64,
+    /// PUT sizes.
+    pub sizes: Sizes,
+    /// Checksum messages (V2 only, as socklnd's `enable_csum`).
+    pub csum: bool,
+    /// A NOOP after every this many PUTs (0: never).
+    pub noop_every: u64,
+    /// Write frames in random chunks of at most this many bytes (0: whole).
+    pub chunk_max: usize,
+    /// Connections to serve before exiting.
+    pub conns: u32,
+    /// Longest to keep a connection once its PUTs are sent.
+    pub hold: Duration,
+}
+
+/// PUTs each peer NID has acknowledged, across its connections.
+type Acked = Arc<Mutex<BTreeMap<Nid, BTreeSet<u64>>>>;
+
+/// Serves `opts.conns` connections, one thread each, and reports them.
+pub fn serve(opts: &ServerOpts) -> anyhow::Result<ServerReport> {
+    let listener =
+        TcpListener::bind(opts.listen).with_context(|| format!("listening on {}", opts.listen))?;
+    let acked: Acked = Arc::default();
+    let mut threads = Vec::new();
+    for _ in 0..opts.conns {
+        let (stream, peer) = listener.accept().context("accepting")?;
+        let (opts, acked) = (opts.clone(), acked.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut conn = ServedConn {
+                peer: peer.to_string(),
+                ..ServedConn::default()
+            };
+            if let Err(e) = handle(stream, peer, &opts, &acked, &mut conn)
+                && conn.refused.is_none()
+            {
+                conn.refused = Some(format!("{e:#}"));
+            }
+            conn
+        }));
+    }
+    let connections = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or_default())
+        .collect();
+    Ok(ServerReport { connections })
+}
+
+fn refuse(conn: &mut ServedConn, why: String) -> anyhow::Result<()> {
+    eprintln!("{why}");
+    conn.refused = Some(why.clone());
+    bail!(why)
+}
+
+fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    opts: &ServerOpts,
+    acked: &Acked,
+    conn: &mut ServedConn,
+) -> anyhow::Result<()> {
+    if opts.accept == Accept::Secure && peer.port() > wire::MAX_RESERVED_PORT {
+        return refuse(
+            conn,
+            format!(
+                "Refusing connection from {}: insecure port {}",
+                peer.ip(),
+                peer.port()
+            ),
+        );
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .context("setting a read timeout")?;
+    let mut w = Wire::new(stream, opts.chunk_max, opts.seed ^ peer.port() as u64)?;
+    let req = w.recv_connreq()?;
+    if req.nid != opts.nid {
+        return refuse(
+            conn,
+            format!(
+                "Refusing connection from {} for {}: No matching NI",
+                peer.ip(),
+                req.nid
+            ),
+        );
+    }
+    let (hello, endian) = w.recv_hello()?;
+    let IpAddr::V4(ip) = peer.ip() else {
+        bail!("IPv6 peer")
+    };
+    // ksocknal_recv_hello, passive side: a peer on an unreserved port is a userspace process,
+    // known by its socket address on our net.
+    let (peer_nid, peer_pid) = if peer.port() > wire::MAX_RESERVED_PORT {
+        (
+            opts.nid.with_addr(u32::from(ip)),
+            wire::PID_USERFLAG | peer.port() as u32,
+        )
+    } else {
+        (hello.src_nid, hello.src_pid)
+    };
+    conn.peer_nid = peer_nid.to_string();
+    conn.peer_pid = peer_pid;
+    conn.proto = hello.proto as u8;
+    let ctype = match hello.ctype {
+        2 => 3,
+        3 => 2,
+        c => c,
+    };
+    let reply = Hello {
+        proto: hello.proto,
+        src_nid: opts.nid,
+        dst_nid: peer_nid,
+        src_pid: wire::PID_LUSTRE,
+        dst_pid: peer_pid,
+        src_incarnation: opts.seed.wrapping_mul(31).wrapping_add(peer.port() as u64),
+        dst_incarnation: hello.src_incarnation,
+        ctype,
+        nips: 0,
+    };
+    w.send_hello(&reply, endian)?;
+    let done: BTreeSet<u64> = acked
+        .lock()
+        .map(|a| a.get(&peer_nid).cloned().unwrap_or_default())
+        .unwrap_or_default();
+    let reader = {
+        let stream = w.stream().try_clone().context("cloning the socket")?;
+        let (acked, proto) = (acked.clone(), hello.proto);
+        std::thread::spawn(move || read_acks(stream, proto, endian, peer_nid, &acked))
+    };
+    let csum = opts.csum && hello.proto == Proto::V2;
+    for index in (0..opts.puts).filter(|i| !done.contains(i)) {
+        let size = workload::size(&opts.sizes, opts.seed, index);
+        let payload = workload::payload(opts.seed, index, size);
+        let digest = workload::digest(&payload);
+        let hdr = lnet::header(
+            peer_nid,
+            peer_pid,
+            opts.nid,
+            wire::PID_LUSTRE,
+            LnetType::Put,
+            index,
+            size,
+        );
+        if w.send_lnet(hello.proto, endian, hdr, payload, csum)
+            .is_err()
+        {
+            break;
+        }
+        conn.sent.push(Put {
+            index,
+            size,
+            digest,
+        });
+        if opts.noop_every > 0 && (index + 1) % opts.noop_every == 0 && hello.proto != Proto::V1 {
+            let _ = w.send_noop(hello.proto, endian);
+        }
+    }
+    // Wait for the peer to finish (it closes), for at most `hold`.
+    let deadline = Instant::now() + opts.hold;
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = w.stream().shutdown(std::net::Shutdown::Both);
+    let _ = reader.join();
+    Ok(())
+}
+
+/// Records the peer's ACKs until it closes.
+fn read_acks(stream: TcpStream, proto: Proto, endian: Endian, peer: Nid, acked: &Acked) {
+    let Ok(mut w) = Wire::new(stream, 0, 0) else {
+        return;
+    };
+    while let Ok(msg) = w.recv_msg(proto, endian) {
+        if let Msg::Lnet { hdr, .. } = msg
+            && hdr.msg_type == LnetType::Ack as u32
+            && let Ok(mut a) = acked.lock()
+        {
+            a.entry(peer).or_default().insert(lnet::index_of(&hdr));
+        }
+    }
+}

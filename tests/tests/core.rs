@@ -1,0 +1,354 @@
+//! The core promise, in network namespaces: behind a NAT that remaps reserved ports, the
+//! emulated client rejects the server's messages without lnat and receives every byte with it;
+//! traffic lnat does not own passes untouched; lnat leaves nothing behind.
+
+use std::time::Duration;
+
+use lnat_tests::{
+    harness::{self, Host, Lnat},
+    ns::Netns,
+    report::{ClientReport, Put, ServerReport},
+    topology::{CLIENT_NID, NAT_NID, NatMode, SERVER_NID, TopoOpts, Topology},
+};
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// Server and client flags for `puts` PUTs of `sizes`.
+fn exchange(
+    t: &Topology,
+    puts: u64,
+    sizes: &str,
+    extra_server: &[&str],
+    extra_client: &[&str],
+) -> (ClientReport, ServerReport) {
+    let puts = puts.to_string();
+    let mut sargs = vec![
+        "--nid",
+        SERVER_NID,
+        "--accept",
+        "all",
+        "--puts",
+        &puts,
+        "--sizes",
+        sizes,
+        "--noop-every",
+        "7",
+    ];
+    sargs.extend_from_slice(extra_server);
+    let server = harness::server(t.server(), &sargs).expect("server");
+    let mut cargs = vec![
+        "--server-nid",
+        SERVER_NID,
+        "--nid",
+        CLIENT_NID,
+        "--expect",
+        &puts,
+        "--timeout-secs",
+        "200",
+    ];
+    cargs.extend_from_slice(extra_client);
+    let client = harness::client(t.client(), &cargs, LONG).expect("client");
+    let served = harness::server_report(server, LONG).expect("server report");
+    (client, served)
+}
+
+/// Asserts the client got exactly what the server sent, byte for byte (by digest).
+fn assert_intact(client: &ClientReport, served: &ServerReport, puts: usize) {
+    assert_eq!(client.status, "ok", "client: {}", client.reason);
+    let mut sent: Vec<Put> = served
+        .connections
+        .iter()
+        .flat_map(|c| c.sent.clone())
+        .collect();
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), puts);
+    assert_eq!(client.received, sent, "payload digests differ");
+}
+
+fn csum_errors(ns: &Netns) -> u64 {
+    ns.nstat("TcpInCsumErrors").expect("nstat")
+}
+
+#[test]
+fn without_lnat_the_natted_client_rejects() {
+    let t = Topology::new("rej", TopoOpts::default()).expect("topology");
+    let (client, served) = exchange(&t, 3, "mixed", &[], &[]);
+    assert_eq!(client.status, "rejected");
+    assert!(
+        client.reason.contains(&format!(
+            "Bad dest nid {NAT_NID} (should have been sent direct)"
+        )),
+        "{}",
+        client.reason
+    );
+    assert_eq!(client.server_hello_dst_nid, NAT_NID);
+    assert_eq!(served.connections[0].peer_nid, NAT_NID);
+    assert!(
+        served.connections[0].peer_pid & 0x8000_0000 != 0,
+        "userspace peer pid"
+    );
+}
+
+/// 300 PUTs of mixed sizes through the port-remapping NAT, with lnat on the client; returns
+/// the payload bytes and the segments the datapath saw.
+fn three_hundred_puts(tag: &str, opts: TopoOpts, extra_server: &[&str]) -> (u64, u64) {
+    let t = Topology::new(tag, opts).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &[]).expect("lnat attach");
+    let before = csum_errors(t.client());
+    let (client, served) = exchange(&t, 300, "mixed", extra_server, &[]);
+    assert_intact(&client, &served, 300);
+    assert_eq!(
+        client.server_hello_dst_nid, CLIENT_NID,
+        "the HELLO dst_nid is rewritten too"
+    );
+    assert_eq!(csum_errors(t.client()) - before, 0, "TcpInCsumErrors");
+    let status = lnat.status().expect("status");
+    assert_eq!(status["mappings"][0]["external"], NAT_NID);
+    assert_eq!(status["mappings"][0]["local"], CLIENT_NID);
+    assert_eq!(status["mappings"][0]["origin"], "learned");
+    let c = &status["counters"];
+    assert_eq!(c["learned"], 1);
+    // Every PUT's dest_nid and the HELLO's dst_nid.
+    assert_eq!(c["rewritten"].as_u64(), Some(301), "{status}");
+    assert_eq!(c["desynced"], 0);
+    assert_eq!(c["conflicts"], 0);
+    let segments = c["segments"].as_u64().unwrap_or_default();
+    let lines = lnat.stop().expect("stop");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("learned {NAT_NID} -> {CLIENT_NID}"))),
+        "{lines:?}"
+    );
+    (
+        client.received.iter().map(|p| p.size as u64).sum(),
+        segments,
+    )
+}
+
+#[test]
+fn with_lnat_300_mixed_puts_arrive_intact_gro_on() {
+    three_hundred_puts(
+        "gro1",
+        TopoOpts {
+            gro: true,
+            ..TopoOpts::default()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn with_lnat_300_mixed_puts_arrive_intact_gro_off() {
+    three_hundred_puts(
+        "gro0",
+        TopoOpts {
+            gro: false,
+            ..TopoOpts::default()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn with_lnat_300_mixed_puts_arrive_intact_in_100_byte_segments() {
+    let (bytes, segments) = three_hundred_puts(
+        "mss",
+        TopoOpts {
+            client_mss: Some(100),
+            gro: false,
+            ..TopoOpts::default()
+        },
+        &[],
+    );
+    assert!(
+        segments >= bytes / 100,
+        "{segments} segments for {bytes} bytes: not segmented"
+    );
+}
+
+#[test]
+fn a_flood_of_zero_payload_messages_in_large_packets_arrives_intact() {
+    let t = Topology::new("flood", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &[]).expect("lnat attach");
+    let (client, served) = exchange(&t, 20000, "zero", &[], &[]);
+    assert_intact(&client, &served, 20000);
+    let c = &lnat.status().expect("status")["counters"];
+    assert_eq!(c["rewritten"], 20001);
+    // Many headers per packet: far fewer segments than messages.
+    assert!(c["segments"].as_u64().unwrap_or(u64::MAX) < 10000, "{c}");
+}
+
+#[test]
+fn headers_split_anywhere_by_tiny_writes_arrive_intact() {
+    let t = Topology::new("chunk", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &[]).expect("lnat attach");
+    let (client, served) = exchange(&t, 300, "small", &["--chunk-max", "17"], &[]);
+    assert_intact(&client, &served, 300);
+    assert_eq!(lnat.counter("conflicts").expect("counter"), 0);
+    assert_eq!(csum_errors(t.client()), 0);
+}
+
+#[test]
+fn keepport_nat_traffic_passes_unchanged() {
+    let t = Topology::new(
+        "keep",
+        TopoOpts {
+            nat: NatMode::KeepPort,
+            ..TopoOpts::default()
+        },
+    )
+    .expect("topology");
+    let (client, served) = exchange(&t, 20, "mixed", &[], &[]);
+    assert_intact(&client, &served, 20);
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &[]).expect("lnat attach");
+    let (client, served) = exchange(&t, 50, "mixed", &[], &[]);
+    assert_intact(&client, &served, 50);
+    assert_eq!(client.server_hello_dst_nid, CLIENT_NID);
+    let status = lnat.status().expect("status");
+    assert_eq!(status["counters"]["rewritten"], 0);
+    assert_eq!(status["counters"]["learned"], 0);
+    assert!(status["mappings"].as_array().is_some_and(Vec::is_empty));
+}
+
+/// A byte stream that is not LNet, on `port`, read by the client (from `src_port`).
+fn blob(t: &Topology, port: u16, src_port: Option<u16>) -> (String, String) {
+    let listen = format!("0.0.0.0:{port}");
+    let bin = harness::peer_bin();
+    let bin = bin.to_string_lossy();
+    let server = t
+        .server()
+        .spawn(&[
+            &bin,
+            "blob-server",
+            "--listen",
+            &listen,
+            "--bytes",
+            "3000000",
+            "--seed",
+            "9",
+        ])
+        .expect("blob server");
+    std::thread::sleep(Duration::from_millis(150));
+    let addr = format!("203.0.113.10:{port}");
+    let mut args = vec![bin.as_ref(), "blob-client", "--server", &addr];
+    let sp = src_port.map(|p| p.to_string());
+    if let Some(p) = &sp {
+        args.extend(["--src-port", p]);
+    }
+    let got = t
+        .client()
+        .spawn(&args)
+        .expect("blob client")
+        .wait(LONG)
+        .expect("blob client");
+    let sent = server.wait(LONG).expect("blob server");
+    let parse = |o: &std::process::Output| {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("blob report");
+        v["digest"].as_str().unwrap_or_default().to_owned()
+    };
+    (parse(&sent), parse(&got))
+}
+
+#[test]
+fn unrelated_tcp_traffic_passes_byte_for_byte() {
+    let t = Topology::new("blob", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &[]).expect("lnat attach");
+    // Garbage on the LNet port, from a reserved port like an LNet client would use.
+    let (sent, got) = blob(&t, 988, Some(1000));
+    assert_eq!(sent, got, "port 988");
+    // Another port entirely.
+    let (sent, got) = blob(&t, 5001, None);
+    assert_eq!(sent, got, "port 5001");
+    let c = &lnat.status().expect("status")["counters"];
+    assert_eq!(c["rewritten"], 0);
+    assert_eq!(
+        c["desynced"], 1,
+        "the garbage on port 988 is given up, not rewritten"
+    );
+    assert_eq!(csum_errors(t.client()), 0);
+}
+
+#[test]
+fn v2_checksums_still_verify_after_rewrites() {
+    let t = Topology::new("csum", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &[]).expect("lnat attach");
+    let (client, served) = exchange(&t, 100, "mixed", &["--csum"], &["--proto", "2"]);
+    assert_intact(&client, &served, 100);
+    assert_eq!(served.connections[0].proto, 2);
+    assert_eq!(lnat.counter("compensated").expect("counter"), 100);
+}
+
+#[test]
+fn attach_shows_the_mapping_then_leaves_nothing_behind() {
+    let t = Topology::new("life", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &[]).expect("lnat attach");
+    let program = lnat.lines()[0]
+        .split("program ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!program.is_empty(), "{:?}", lnat.lines());
+    // A second attach on the same interface is refused.
+    let again = host.lnat(&["attach", "eth0"]).expect_err("second attach");
+    assert!(
+        format!("{again:#}").contains("already attached to eth0"),
+        "{again:#}"
+    );
+    let (client, _) = exchange(&t, 5, "mixed", &[], &[]);
+    assert_eq!(client.status, "ok", "{}", client.reason);
+    // bpftool reads the BTF-typed, pinned map: the learned NID by field name.
+    let dump = host
+        .run(&[
+            "bpftool",
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            "/sys/fs/bpf/lnat/eth0/LNAT_MAPPINGS",
+        ])
+        .expect("bpftool");
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("bpftool json");
+    let entry = &dump[0]["formatted"];
+    assert_eq!(
+        entry["key"]["addr"],
+        serde_json::json!([203, 0, 113, 1]),
+        "{dump}"
+    );
+    assert_eq!(entry["value"]["origin"], 1);
+    assert_eq!(
+        entry["value"]["learned_on"],
+        serde_json::json!([198, 51, 100, 2])
+    );
+    assert!(
+        host.run(&["ls", "/sys/fs/bpf/lnat/eth0"])
+            .expect("ls")
+            .contains("LNAT_FLOWS")
+    );
+    let lines = lnat.stop().expect("stop");
+    assert!(
+        lines.iter().any(|l| l.contains("detached from eth0")),
+        "{lines:?}"
+    );
+    // Nothing pinned, and the program is gone from the kernel.
+    assert!(
+        host.run(&["ls", "/sys/fs/bpf/lnat"]).is_err(),
+        "pins left behind"
+    );
+    assert!(
+        host.run(&["bpftool", "prog", "show", "id", &program])
+            .is_err(),
+        "program {program} still loaded"
+    );
+    let status = host.lnat(&["status"]).expect("status");
+    assert!(status.contains("not attached to any interface"), "{status}");
+}
