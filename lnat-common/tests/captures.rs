@@ -30,10 +30,20 @@ fn u16be(b: &[u8], at: usize) -> u16 {
 
 /// The TCP segments of a little-endian, microsecond, Ethernet pcap file.
 fn read_pcap(name: &str) -> Vec<Seg> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/captures").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/captures")
+        .join(name);
     let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&data[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "not a little-endian pcap");
-    assert_eq!(u32::from_le_bytes(data[20..24].try_into().unwrap()), 1, "not Ethernet");
+    assert_eq!(
+        &data[..4],
+        &[0xd4, 0xc3, 0xb2, 0xa1],
+        "not a little-endian pcap"
+    );
+    assert_eq!(
+        u32::from_le_bytes(data[20..24].try_into().unwrap()),
+        1,
+        "not Ethernet"
+    );
     let mut out = Vec::new();
     let mut p = 24;
     while p + 16 <= data.len() {
@@ -73,7 +83,15 @@ fn replay(segs: &[Seg], client: [u8; 4], env: &mut MapEnv) -> Vec<(Vec<u8>, Vec<
     for s in segs.iter().filter(|s| s.sport == 988 && s.dst == client) {
         if s.flags & (SYN | ACK) == SYN | ACK {
             let hint = env.mappings.keys().next_back().copied().unwrap_or(Nid(0));
-            flows.insert(s.dport, Box::new(Tracker::new(Role::Active, s.seq.wrapping_add(1), local, hint)));
+            flows.insert(
+                s.dport,
+                Box::new(Tracker::new(
+                    Role::Active,
+                    s.seq.wrapping_add(1),
+                    local,
+                    hint,
+                )),
+            );
             continue;
         }
         if s.payload.is_empty() {
@@ -81,7 +99,14 @@ fn replay(segs: &[Seg], client: [u8; 4], env: &mut MapEnv) -> Vec<(Vec<u8>, Vec<
         }
         let t = flows.get_mut(&s.dport).expect("data before the handshake");
         let mut bytes = s.payload.clone();
-        let admit = segment::process(t, s.seq, bytes.len() as u32, &mut VecPacket(&mut bytes), env, 1 << 12);
+        let admit = segment::process(
+            t,
+            s.seq,
+            bytes.len() as u32,
+            &mut VecPacket(&mut bytes),
+            env,
+            1 << 12,
+        );
         assert_eq!(admit, Admit::Track { miss: false });
         assert!(!t.desynced(), "desynced: {:?}", t.desync);
         out.push((s.payload.clone(), bytes));
@@ -91,7 +116,12 @@ fn replay(segs: &[Seg], client: [u8; 4], env: &mut MapEnv) -> Vec<(Vec<u8>, Vec<
 
 /// Offsets where two equal-length byte strings differ.
 fn diff(a: &[u8], b: &[u8]) -> Vec<usize> {
-    a.iter().zip(b).enumerate().filter(|(_, (x, y))| x != y).map(|(i, _)| i).collect()
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .filter(|(_, (x, y))| x != y)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 #[test]
@@ -99,7 +129,10 @@ fn the_failing_conversation_is_fixed_exactly() {
     let segs = read_pcap("nat_acceptall_client.pcap");
     let client = [192, 168, 50, 2];
     let nat: Nid = "10.88.0.254@tcp".parse().unwrap();
-    let mut env = MapEnv { learn: true, ..MapEnv::default() };
+    let mut env = MapEnv {
+        learn: true,
+        ..MapEnv::default()
+    };
     let passed = replay(&segs, client, &mut env);
     assert_eq!(env.learned, vec![nat]);
     // Four server HELLOs and the REPLY to the ping.
@@ -117,7 +150,10 @@ fn the_failing_conversation_is_fixed_exactly() {
                 // ksock header (24) + LNet header: dest_nid at 24, the NAT; dest_pid at 40 has
                 // the userspace flag; the 48-byte payload is the ping answer.
                 assert_eq!(before[24..28], nat_le);
-                assert_eq!(u32::from_le_bytes(before[40..44].try_into().unwrap()) & 0x8000_0000, 0x8000_0000);
+                assert_eq!(
+                    u32::from_le_bytes(before[40..44].try_into().unwrap()) & 0x8000_0000,
+                    0x8000_0000
+                );
                 assert_eq!(diff(before, after), vec![24, 25, 26, 27]);
                 assert_eq!(after[24..28], ours_le);
             }
@@ -130,7 +166,10 @@ fn the_failing_conversation_is_fixed_exactly() {
 #[test]
 fn the_keepport_conversation_passes_unchanged() {
     let segs = read_pcap("nat_secure_privport_client.pcap");
-    let mut env = MapEnv { learn: true, ..MapEnv::default() };
+    let mut env = MapEnv {
+        learn: true,
+        ..MapEnv::default()
+    };
     let passed = replay(&segs, [192, 168, 50, 2], &mut env);
     assert!(!passed.is_empty());
     for (before, after) in &passed {
@@ -143,19 +182,37 @@ fn the_keepport_conversation_passes_unchanged() {
 fn every_split_of_the_failing_reply_is_rewritten_the_same() {
     let segs = read_pcap("nat_acceptall_client.pcap");
     let client = [192, 168, 50, 2];
-    let mut env = MapEnv { learn: true, ..MapEnv::default() };
+    let mut env = MapEnv {
+        learn: true,
+        ..MapEnv::default()
+    };
     let whole = replay(&segs, client, &mut env);
     let (hello_in, hello_out) = &whole[0];
     let (reply_in, reply_out) = &whole[1];
     let stream: Vec<u8> = hello_in.iter().chain(reply_in).copied().collect();
     let want: Vec<u8> = hello_out.iter().chain(reply_out).copied().collect();
     for cut in 1..stream.len() {
-        let mut env = MapEnv { learn: true, ..MapEnv::default() };
-        let mut t = Box::new(Tracker::new(Role::Active, 7, u32::from_be_bytes(client), Nid(0)));
+        let mut env = MapEnv {
+            learn: true,
+            ..MapEnv::default()
+        };
+        let mut t = Box::new(Tracker::new(
+            Role::Active,
+            7,
+            u32::from_be_bytes(client),
+            Nid(0),
+        ));
         let mut got = Vec::new();
         for (from, to) in [(0, cut), (cut, stream.len())] {
             let mut bytes = stream[from..to].to_vec();
-            segment::process(&mut t, 7 + from as u32, bytes.len() as u32, &mut VecPacket(&mut bytes), &mut env, 64);
+            segment::process(
+                &mut t,
+                7 + from as u32,
+                bytes.len() as u32,
+                &mut VecPacket(&mut bytes),
+                &mut env,
+                64,
+            );
             got.extend(bytes);
         }
         assert_eq!(got, want, "cut at {cut}");
