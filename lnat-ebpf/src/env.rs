@@ -111,9 +111,10 @@ impl Env for DpEnv<'_> {
             maps::count(|c| c.learn_failed += 1);
             warn!(
                 self.ctx,
-                "no room to learn external NID {:i}@net {}",
+                "no room to learn external NID {:i} (LND {}, net {})",
                 ext.addr(),
-                ext.net()
+                ext.lnd(),
+                ext.num()
             );
             return;
         }
@@ -131,9 +132,10 @@ impl Env for DpEnv<'_> {
         let _ = maps::LNAT_EVENTS.output(event, 0);
         info!(
             self.ctx,
-            "learned external NID {:i} (net {:x}) from {:i}:{}",
+            "learned external NID {:i} (LND {}, net {}) from {:i}:{}",
             ext.addr(),
-            ext.net(),
+            ext.lnd(),
+            ext.num(),
             u32::from_be_bytes(self.key.peer_addr),
             self.key.peer_port
         );

@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything lnat needs, from a fresh machine to a demo, tests and benchmarks.
 
+mod demo;
 mod setup;
 mod test;
 mod workspace;
@@ -22,6 +23,8 @@ enum Command {
     Setup,
     /// Build the `lnat` and `lnet-peer` binaries (release).
     Build,
+    /// Show lnat fixing a NATed Lustre client, in network namespaces.
+    Demo,
     /// Run every check: formatting, clippy, unit, property and namespace tests.
     Test(test::Args),
 }
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Build => setup::run().and_then(|()| workspace::build_release()),
+        Command::Demo => demo::run(),
         Command::Test(args) => test::run(args),
     };
     match result {
