@@ -29,19 +29,38 @@ pub fn run() -> anyhow::Result<()> {
         std::env::set_var("LNAT_BIN", workspace::release_bin("lnat"));
         std::env::set_var("LNET_PEER_BIN", workspace::release_bin("lnet-peer"));
     }
-    println!("lnat demo: a Lustre (LNet over TCP) client behind a NAT that remaps its source ports");
+    println!(
+        "lnat demo: a Lustre (LNet over TCP) client behind a NAT that remaps its source ports"
+    );
     println!("  client {CLIENT} (NID {CLIENT_NID})");
     println!("    -> NAT {NAT}, source ports remapped into 40000-49999");
     println!("    -> server {SERVER} (NID {SERVER_NID}, lnet accept=all)");
     let t = Topology::new("demo", TopoOpts::default()).context("building the namespaces")?;
-    let server_args = ["--nid", SERVER_NID, "--accept", "all", "--puts", PUTS, "--sizes", "mixed", "--conns", "1"];
-    let client_args = ["--server-nid", SERVER_NID, "--nid", CLIENT_NID, "--expect", PUTS, "--timeout-secs", "60"];
+    let server_args = [
+        "--nid", SERVER_NID, "--accept", "all", "--puts", PUTS, "--sizes", "mixed", "--conns", "1",
+    ];
+    let client_args = [
+        "--server-nid",
+        SERVER_NID,
+        "--nid",
+        CLIENT_NID,
+        "--expect",
+        PUTS,
+        "--timeout-secs",
+        "60",
+    ];
 
-    step(1, "Without lnat, the client connects and the server sends PUTs");
+    step(
+        1,
+        "Without lnat, the client connects and the server sends PUTs",
+    );
     let server = harness::server(t.server(), &server_args)?;
     let report = harness::client(t.client(), &client_args, WAIT)?;
     drop(server);
-    println!("   the server's HELLO names the client {}", report.server_hello_dst_nid);
+    println!(
+        "   the server's HELLO names the client {}",
+        report.server_hello_dst_nid
+    );
     println!("   client: {} - {}", report.status, report.reason);
     if report.status != "rejected" {
         bail!("expected the client to reject the server's messages");
@@ -58,7 +77,11 @@ pub fn run() -> anyhow::Result<()> {
     let server = harness::server(t.server(), &server_args)?;
     let report = harness::client(t.client(), &client_args, WAIT)?;
     let served = harness::server_report(server, WAIT)?;
-    let sent: Vec<_> = served.connections.iter().flat_map(|c| c.sent.clone()).collect();
+    let sent: Vec<_> = served
+        .connections
+        .iter()
+        .flat_map(|c| c.sent.clone())
+        .collect();
     let bytes: u64 = report.received.iter().map(|p| p.size as u64).sum();
     let intact = report.status == "ok" && report.received == sent;
     println!(
@@ -68,12 +91,18 @@ pub fn run() -> anyhow::Result<()> {
         bytes,
         if intact { "yes" } else { "NO" }
     );
-    println!("   the server's HELLO now reads {}", report.server_hello_dst_nid);
+    println!(
+        "   the server's HELLO now reads {}",
+        report.server_hello_dst_nid
+    );
     for line in lnat.lines().iter().filter(|l| l.contains("learned")) {
         println!("   {line}");
     }
     if !intact {
-        bail!("the client did not receive every PUT intact: {}", report.reason);
+        bail!(
+            "the client did not receive every PUT intact: {}",
+            report.reason
+        );
     }
 
     step(4, "lnat status eth0 (from another process)");
@@ -81,8 +110,17 @@ pub fn run() -> anyhow::Result<()> {
         println!("   {line}");
     }
 
-    step(5, "bpftool map dump pinned /sys/fs/bpf/lnat/eth0/LNAT_MAPPINGS");
-    let dump = host.run(&["bpftool", "map", "dump", "pinned", "/sys/fs/bpf/lnat/eth0/LNAT_MAPPINGS"])?;
+    step(
+        5,
+        "bpftool map dump pinned /sys/fs/bpf/lnat/eth0/LNAT_MAPPINGS",
+    );
+    let dump = host.run(&[
+        "bpftool",
+        "map",
+        "dump",
+        "pinned",
+        "/sys/fs/bpf/lnat/eth0/LNAT_MAPPINGS",
+    ])?;
     for line in dump.lines() {
         println!("   {line}");
     }
@@ -93,7 +131,10 @@ pub fn run() -> anyhow::Result<()> {
         println!("   {last}");
     }
     let left = host.run(&["ls", "/sys/fs/bpf/lnat"]).is_ok();
-    println!("   pins left under /sys/fs/bpf/lnat: {}", if left { "some (unexpected)" } else { "none" });
+    println!(
+        "   pins left under /sys/fs/bpf/lnat: {}",
+        if left { "some (unexpected)" } else { "none" }
+    );
     drop(host);
     drop(t);
     println!("\nDone; the namespaces are gone.");
