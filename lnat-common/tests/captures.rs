@@ -15,7 +15,6 @@ use lnat_common::{
 
 /// One TCP segment from a capture.
 struct Seg {
-    src: [u8; 4],
     dst: [u8; 4],
     sport: u16,
     dport: u16,
@@ -59,7 +58,6 @@ fn read_pcap(name: &str) -> Vec<Seg> {
         let tcp = &ip[ihl..tot];
         let thl = (tcp[12] >> 4) as usize * 4;
         out.push(Seg {
-            src: ip[12..16].try_into().unwrap(),
             dst: ip[16..20].try_into().unwrap(),
             sport: u16be(tcp, 0),
             dport: u16be(tcp, 2),
