@@ -165,16 +165,7 @@ impl Wire {
         payload: Vec<u8>,
         csum: bool,
     ) -> anyhow::Result<()> {
-        self.send(&encode_unit(
-            proto,
-            endian,
-            &Unit::Lnet { hdr, payload, csum },
-        ))
-    }
-
-    /// Sends a NOOP.
-    pub fn send_noop(&mut self, proto: Proto, endian: Endian) -> anyhow::Result<()> {
-        self.send(&encode_unit(proto, endian, &Unit::Noop))
+        self.send(&encode_lnet(proto, endian, hdr, payload, csum))
     }
 
     /// Reads one message; fails with [`ChecksumError`] when its socklnd checksum is wrong.
@@ -213,6 +204,22 @@ impl Wire {
         }
         Ok(Msg::Lnet { hdr, payload })
     }
+}
+
+/// An LNet message as sent, checksummed when `csum` (V2 `enable_csum`).
+pub fn encode_lnet(
+    proto: Proto,
+    endian: Endian,
+    hdr: LnetHdr,
+    payload: Vec<u8>,
+    csum: bool,
+) -> Vec<u8> {
+    encode_unit(proto, endian, &Unit::Lnet { hdr, payload, csum })
+}
+
+/// A NOOP as sent.
+pub fn encode_noop(proto: Proto, endian: Endian) -> Vec<u8> {
+    encode_unit(proto, endian, &Unit::Noop)
 }
 
 /// Verifies a socklnd checksum as the receiving kernel does (the field counted as zero).

@@ -50,6 +50,8 @@ pub struct ServerOpts {
     pub noop_every: u64,
     /// Write frames in random chunks of at most this many bytes (0: whole).
     pub chunk_max: usize,
+    /// Messages per write (1: one write each), as socklnd does with a backed-up queue.
+    pub batch: usize,
     /// Connections to serve before exiting.
     pub conns: u32,
     /// Longest to keep a connection once its PUTs are sent.
@@ -170,6 +172,8 @@ fn handle(
         std::thread::spawn(move || read_acks(stream, proto, endian, peer_nid, &acked))
     };
     let csum = opts.csum && hello.proto == Proto::V2;
+    let mut pending = Vec::new();
+    let mut queued = 0;
     for index in (0..opts.puts).filter(|i| !done.contains(i)) {
         let size = workload::size(&opts.sizes, opts.seed, index);
         let payload = workload::payload(opts.seed, index, size);
@@ -183,19 +187,26 @@ fn handle(
             index,
             size,
         );
-        if w.send_lnet(hello.proto, endian, hdr, payload, csum)
-            .is_err()
-        {
-            break;
-        }
+        pending.extend(lnet::encode_lnet(hello.proto, endian, hdr, payload, csum));
         conn.sent.push(Put {
             index,
             size,
             digest,
         });
         if opts.noop_every > 0 && (index + 1) % opts.noop_every == 0 && hello.proto != Proto::V1 {
-            let _ = w.send_noop(hello.proto, endian);
+            pending.extend(lnet::encode_noop(hello.proto, endian));
         }
+        queued += 1;
+        if queued >= opts.batch.max(1) {
+            if w.send(&pending).is_err() {
+                break;
+            }
+            pending.clear();
+            queued = 0;
+        }
+    }
+    if !pending.is_empty() {
+        let _ = w.send(&pending);
     }
     // Wait for the peer to finish (it closes), for at most `hold`.
     let deadline = Instant::now() + opts.hold;

@@ -53,6 +53,9 @@ enum Role {
         /// Write frames in random chunks of at most B bytes (0: one write each).
         #[arg(long, default_value_t = 0)]
         chunk_max: usize,
+        /// Messages per write, as socklnd sends a backed-up queue.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         /// Connections to serve before exiting.
         #[arg(long, default_value_t = 1)]
         conns: u32,
@@ -166,6 +169,7 @@ fn main() -> ExitCode {
             csum,
             noop_every,
             chunk_max,
+            batch,
             conns,
             hold_secs,
         } => {
@@ -182,6 +186,7 @@ fn main() -> ExitCode {
                 csum,
                 noop_every,
                 chunk_max,
+                batch,
                 conns,
                 hold: Duration::from_secs(hold_secs),
             };
