@@ -46,6 +46,9 @@ pub struct TopoOpts {
     pub client_mss: Option<u16>,
     /// GRO on the client's interface.
     pub gro: bool,
+    /// The router computes TCP checksums in software, so the client's kernel receives complete
+    /// checksums and verifies each one (a wrong rewrite shows in TcpInCsumErrors).
+    pub full_csum: bool,
 }
 
 impl Default for TopoOpts {
@@ -54,6 +57,7 @@ impl Default for TopoOpts {
             nat: NatMode::HighPort,
             client_mss: None,
             gro: true,
+            full_csum: false,
         }
     }
 }
@@ -132,6 +136,11 @@ impl Topology {
         t.client.run(&route)?;
         t.server
             .run(&["ip", "route", "add", "default", "via", NAT])?;
+        if opts.full_csum {
+            t.router.run(&["ethtool", "-K", "in0", "tx", "off"])?;
+            // And no receive offload, which veth would take as "already verified".
+            t.client.run(&["ethtool", "-K", "eth0", "rx", "off"])?;
+        }
         if opts.client_mss.is_some() {
             // Otherwise veth hands 64 KiB GSO packets through and nothing is ever segmented.
             t.server

@@ -153,12 +153,23 @@ fn with_lnat_300_mixed_puts_arrive_intact_gro_off() {
 }
 
 #[test]
+fn with_lnat_300_mixed_puts_arrive_intact_with_checksums_verified_in_software() {
+    let opts = TopoOpts {
+        gro: false,
+        full_csum: true,
+        ..TopoOpts::default()
+    };
+    three_hundred_puts("swck", opts, &[]);
+}
+
+#[test]
 fn with_lnat_300_mixed_puts_arrive_intact_in_100_byte_segments() {
     let (bytes, segments) = three_hundred_puts(
         "mss",
         TopoOpts {
             client_mss: Some(100),
             gro: false,
+            full_csum: true,
             ..TopoOpts::default()
         },
         &[],

@@ -1,0 +1,166 @@
+//! The `lnat` command as an administrator meets it: one-line errors, static mappings changed
+//! while traffic flows, learned mappings that expire.
+
+use std::{process::Command, time::Duration};
+
+use lnat_tests::{
+    harness::{self, Host, Lnat},
+    report::ClientReport,
+    topology::{CLIENT_NID, NAT_NID, SERVER_NID, TopoOpts, Topology},
+};
+
+/// Runs lnat with `args` in `host`'s namespaces (or as given by `wrap`); returns exit code and
+/// stderr.
+fn fails(mut cmd: Command) -> (i32, String) {
+    let out = cmd.output().expect("running lnat");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn lnat_cmd(host: &Host, args: &[&str]) -> Command {
+    let bin = harness::lnat_bin();
+    let mut argv = vec![bin.to_str().unwrap_or("lnat")];
+    argv.extend_from_slice(args);
+    host.command(&argv)
+}
+
+/// Asserts a failure is one line starting `lnat: error:` and containing `what`.
+fn assert_one_line(code: i32, stderr: &str, what: &str) {
+    assert_ne!(code, 0);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("lnat: error: ") && stderr.contains(what),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_errors() {
+    let t = Topology::new("err", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let (code, e) = fails(lnat_cmd(&host, &["attach", "nosuchif0"]));
+    assert_one_line(code, &e, "unknown interface 'nosuchif0'");
+    let (code, e) = fails(lnat_cmd(
+        &host,
+        &["attach", "eth0", "--external", "203.0.113@tcp"],
+    ));
+    assert_one_line(code, &e, "malformed NID");
+    assert_eq!(code, 2);
+    let (code, e) = fails(lnat_cmd(&host, &["attach", "eth0", "--port", "0"]));
+    assert_one_line(code, &e, "port 0");
+    let (code, e) = fails(lnat_cmd(
+        &host,
+        &["map", "add", "203.0.113.1@tcp", "--iface", "eth0"],
+    ));
+    assert_one_line(code, &e, "not attached to eth0");
+    let (code, e) = fails(lnat_cmd(&host, &["status", "eth0"]));
+    assert_one_line(code, &e, "not attached to eth0");
+    // Without root: setpriv drops to nobody and every capability.
+    let bin = harness::lnat_bin();
+    let mut cmd = host.command(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ]);
+    cmd.args([bin.to_str().unwrap_or("lnat"), "attach", "eth0"]);
+    let (code, e) = fails(cmd);
+    assert_one_line(code, &e, "needs root");
+    let _lnat = Lnat::attach(&host, "eth0", &[]).expect("attach");
+    let (code, e) = fails(lnat_cmd(
+        &host,
+        &[
+            "map",
+            "add",
+            "203.0.113.1@tcp",
+            "10.0.0.1@tcp1",
+            "--iface",
+            "eth0",
+        ],
+    ));
+    assert_one_line(code, &e, "not on the same LNet net");
+    let (code, e) = fails(lnat_cmd(
+        &host,
+        &["map", "del", "203.0.113.77@tcp", "--iface", "eth0"],
+    ));
+    assert_one_line(code, &e, "no mapping for 203.0.113.77@tcp");
+}
+
+fn exchange(t: &Topology, puts: &str) -> ClientReport {
+    let server = harness::server(
+        t.server(),
+        &[
+            "--nid", SERVER_NID, "--accept", "all", "--puts", puts, "--sizes", "small",
+        ],
+    )
+    .expect("server");
+    let report = harness::client(
+        t.client(),
+        &[
+            "--server-nid",
+            SERVER_NID,
+            "--nid",
+            CLIENT_NID,
+            "--expect",
+            puts,
+            "--timeout-secs",
+            "30",
+        ],
+        Duration::from_secs(60),
+    )
+    .expect("client");
+    drop(server);
+    report
+}
+
+#[test]
+fn static_mappings_apply_and_stop_applying_while_attached() {
+    let t = Topology::new("static", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &["--no-learn"]).expect("attach");
+    assert_eq!(
+        exchange(&t, "5").status,
+        "rejected",
+        "nothing mapped, nothing learned"
+    );
+    host.lnat(&["map", "add", NAT_NID, "--iface", "eth0"])
+        .expect("map add");
+    let ok = exchange(&t, "20");
+    assert_eq!(ok.status, "ok", "{}", ok.reason);
+    let status = lnat.status().expect("status");
+    assert_eq!(status["mappings"][0]["origin"], "static");
+    // The HELLO dst_nid and 20 PUT dest_nids.
+    assert_eq!(status["mappings"][0]["hits"], 21);
+    assert_eq!(status["counters"]["learned"], 0);
+    host.lnat(&["map", "del", NAT_NID, "--iface", "eth0"])
+        .expect("map del");
+    assert_eq!(exchange(&t, "5").status, "rejected", "the mapping is gone");
+    drop(lnat);
+    // --external at attach time is the same as a map add.
+    let lnat = Lnat::attach(&host, "eth0", &["--no-learn", "--external", NAT_NID]).expect("attach");
+    assert_eq!(exchange(&t, "20").status, "ok");
+    assert_eq!(lnat.counter("rewritten").expect("counter"), 21);
+}
+
+#[test]
+fn learned_mappings_expire_when_unused() {
+    let t = Topology::new("ttl", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let mut lnat = Lnat::attach(&host, "eth0", &["--learn-ttl", "1"]).expect("attach");
+    assert_eq!(exchange(&t, "5").status, "ok");
+    let line = lnat
+        .wait_line("expired", Duration::from_secs(20))
+        .expect("expiry");
+    assert!(line.contains(&format!("expired {NAT_NID}")), "{line}");
+    let status = lnat.status().expect("status");
+    assert!(
+        status["mappings"].as_array().is_some_and(Vec::is_empty),
+        "{status}"
+    );
+    // Learned again on the next connection.
+    assert_eq!(exchange(&t, "5").status, "ok");
+    assert_eq!(lnat.counter("learned").expect("counter"), 2);
+}
