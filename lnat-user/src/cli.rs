@@ -1,6 +1,7 @@
 //! The command line.
 
 use clap::{Args, Parser, Subcommand};
+use lnat::datapath::Mode;
 use lnat_common::{maps::DEFAULT_FLOWS, nid::Nid, wire::ACCEPTOR_PORT};
 
 /// Lustre through NAT, without a kernel patch.
@@ -48,6 +49,10 @@ pub struct AttachArgs {
     /// Forget a learned mapping after this many seconds without use (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     pub learn_ttl: u64,
+    /// How to attach: tcx (Linux 6.6+, the default there) or a clsact filter (older kernels,
+    /// or to sit among `tc` filters).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub attach_mode: Option<Mode>,
     /// Connections the flow table follows at once; the least recently used make room.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_FLOWS)]
     pub max_flows: u32,

@@ -26,7 +26,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROGRAM: &str = "lnat";
 
 /// How the program sits on the interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// A tcx link, first in the ingress chain (Linux 6.6+).
     Tcx,
@@ -65,9 +65,32 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
         .context("loading the datapath's maps (does this kernel have BPF ring buffers and BTF?)")
 }
 
+/// The mode `mode` (or, when `None`, the best this kernel has: tcx from Linux 6.6).
+pub fn choose(mode: Option<Mode>) -> anyhow::Result<Mode> {
+    match mode {
+        Some(Mode::Tcx) if !has_tcx()? => {
+            bail!("this kernel has no tcx (Linux 6.6 or newer); use --attach-mode clsact")
+        }
+        Some(m) => Ok(m),
+        None if has_tcx()? => Ok(Mode::Tcx),
+        None => Ok(Mode::Clsact),
+    }
+}
+
+/// Removes an lnat clsact filter left on `iface` by an lnat that was killed (tcx links go
+/// with their process; filters do not). True if there was one.
+pub fn remove_stale_filter(iface: &str) -> anyhow::Result<bool> {
+    match tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROGRAM) {
+        Ok(()) => Ok(true),
+        Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(tc::TcError::NetlinkError(_)) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("removing a stale lnat filter from {iface}")),
+    }
+}
+
 /// Verifies the program and attaches it to `iface` ingress: first in the tcx chain, so that a
-/// program with a final verdict cannot hide packets from it, or on clsact before Linux 6.6.
-pub fn attach(ebpf: &mut Ebpf, iface: &Iface) -> anyhow::Result<Attached> {
+/// program with a final verdict cannot hide packets from it, or as a clsact filter.
+pub fn attach(ebpf: &mut Ebpf, iface: &Iface, mode: Mode) -> anyhow::Result<Attached> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(PROGRAM)
         .context("the datapath object has no lnat program")?
@@ -75,20 +98,18 @@ pub fn attach(ebpf: &mut Ebpf, iface: &Iface) -> anyhow::Result<Attached> {
         .context("the lnat program is not a TC classifier")?;
     prog.load()
         .context("the kernel's verifier rejected the datapath")?;
-    let mode = if has_tcx()? {
+    if mode == Mode::Tcx {
         prog.attach_with_options(
             &iface.name,
             TcAttachType::Ingress,
             TcAttachOptions::TcxOrder(LinkOrder::first()),
         )
         .with_context(|| format!("attaching to {} ingress with tcx", iface.name))?;
-        Mode::Tcx
     } else {
-        if let Err(e) = tc::qdisc_add_clsact(&iface.name) {
-            let exists = matches!(&e, tc::TcError::IoError(io) if io.kind() == std::io::ErrorKind::AlreadyExists);
-            if !exists {
-                return Err(e).with_context(|| format!("adding a clsact qdisc to {}", iface.name));
-            }
+        if let Err(e) = tc::qdisc_add_clsact(&iface.name)
+            && !already_exists(&e)
+        {
+            return Err(e).with_context(|| format!("adding a clsact qdisc to {}", iface.name));
         }
         let options = NlOptions {
             priority: 1,
@@ -100,10 +121,24 @@ pub fn attach(ebpf: &mut Ebpf, iface: &Iface) -> anyhow::Result<Attached> {
             TcAttachOptions::Netlink(options),
         )
         .with_context(|| format!("attaching to {} ingress on clsact", iface.name))?;
-        Mode::Clsact
-    };
+    }
     let program_id = prog.info().context("reading the program's id")?.id();
     Ok(Attached { mode, program_id })
+}
+
+/// True when an error says, somewhere in its chain, that the thing already exists.
+fn already_exists(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The id of an lnat program attached to `iface` ingress through tcx, if there is one.

@@ -3,6 +3,7 @@
 
 pub mod datapath;
 pub mod iface;
+pub mod lock;
 pub mod pins;
 pub mod privileges;
 pub mod report;

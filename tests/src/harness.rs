@@ -197,6 +197,20 @@ impl<'h> Lnat<'h> {
             .with_context(|| format!("no counter {name}"))
     }
 
+    /// Kills lnat with SIGKILL, as a crash or an OOM kill would, and waits for it to be gone.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        let proc = self.proc.take().context("already stopped")?;
+        proc.signal(libc::SIGKILL);
+        proc.wait(Duration::from_secs(10)).map(|_| ())
+    }
+
+    /// The kernel's id of the attached program, from the "attached" line.
+    pub fn program_id(&self) -> Option<u32> {
+        self.lines()
+            .iter()
+            .find_map(|l| l.split("program ").nth(1)?.split(')').next()?.parse().ok())
+    }
+
     /// Stops lnat with SIGINT and returns everything it printed.
     pub fn stop(mut self) -> anyhow::Result<Vec<String>> {
         let proc = self.proc.take().context("already stopped")?;

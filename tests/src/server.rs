@@ -52,6 +52,8 @@ pub struct ServerOpts {
     pub chunk_max: usize,
     /// Messages per write (1: one write each), as socklnd does with a backed-up queue.
     pub batch: usize,
+    /// Pause after each write, to stretch a transfer over time.
+    pub pace: Duration,
     /// Connections to serve before exiting.
     pub conns: u32,
     /// Longest to keep a connection once its PUTs are sent.
@@ -203,6 +205,7 @@ fn handle(
             }
             pending.clear();
             queued = 0;
+            std::thread::sleep(opts.pace);
         }
     }
     if !pending.is_empty() {

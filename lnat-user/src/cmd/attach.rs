@@ -6,7 +6,9 @@ use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
 use lnat::{
     datapath::{self, Maps},
-    iface, pins, privileges,
+    iface,
+    lock::AttachLock,
+    pins, privileges,
 };
 use lnat_common::maps::{LearnEvent, MAX_PORTS, names};
 use tokio::{
@@ -56,18 +58,23 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     privileges::require()?;
     let iface = iface::lookup(&args.iface)?;
     check_ports(&args.ports)?;
+    let mode = datapath::choose(args.attach_mode)?;
     pins::ensure_bpffs()?;
+    let _lock = AttachLock::take(&iface.name)?;
     if let Some(id) = datapath::running_on(&iface.name)? {
         bail!(
-            "lnat is already attached to {} (program {id}); stop that lnat first",
+            "an lnat program ({id}) is attached to {} by something else",
             iface.name
         );
     }
+    // Holding the lock, whatever an earlier lnat left behind is stale: it was killed.
     let dir = pins::dir(&iface.name);
     if dir.exists() {
-        // Left by an lnat that was killed: nothing runs on the interface any more.
         pins::remove(&iface.name)?;
         say(&format!("removed stale pins under {}", dir.display()));
+    }
+    if datapath::remove_stale_filter(&iface.name)? {
+        say(&format!("removed a stale lnat filter from {}", iface.name));
     }
     let mut ebpf = datapath::load(args.max_flows)?;
     let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, DatapathLog)
@@ -84,7 +91,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         .context("the datapath has no event ring")?
         .try_into()
         .context("LNAT_EVENTS is not a ring buffer")?;
-    let attached = datapath::attach(&mut ebpf, &iface)?;
+    let attached = datapath::attach(&mut ebpf, &iface, mode)?;
     let ports: Vec<String> = args.ports.iter().map(u16::to_string).collect();
     say(&format!(
         "attached to {} ({}, program {}); following LNet port {}; learning {}",

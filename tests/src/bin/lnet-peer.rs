@@ -56,6 +56,9 @@ enum Role {
         /// Messages per write, as socklnd sends a backed-up queue.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Milliseconds to pause after each write.
+        #[arg(long, default_value_t = 0)]
+        pace_ms: u64,
         /// Connections to serve before exiting.
         #[arg(long, default_value_t = 1)]
         conns: u32,
@@ -170,6 +173,7 @@ fn main() -> ExitCode {
             noop_every,
             chunk_max,
             batch,
+            pace_ms,
             conns,
             hold_secs,
         } => {
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
                 noop_every,
                 chunk_max,
                 batch,
+                pace: Duration::from_millis(pace_ms),
                 conns,
                 hold: Duration::from_secs(hold_secs),
             };

@@ -1,0 +1,182 @@
+//! Attaching and detaching, cleanly and not: clsact as well as tcx, SIGKILL in the middle of a
+//! transfer, and what the next `lnat attach` finds.
+
+use std::time::Duration;
+
+use lnat_tests::{
+    harness::{self, Host, Lnat},
+    topology::{CLIENT_NID, SERVER_NID, TopoOpts, Topology},
+};
+
+fn tc_filters(host: &Host) -> String {
+    host.run(&["tc", "filter", "show", "dev", "eth0", "ingress"])
+        .expect("tc filter show")
+}
+
+fn exchange(t: &Topology, puts: &str, reconnects: &str) -> lnat_tests::report::ClientReport {
+    let server = harness::server(
+        t.server(),
+        &[
+            "--nid",
+            SERVER_NID,
+            "--accept",
+            "all",
+            "--puts",
+            puts,
+            "--sizes",
+            "mixed",
+            "--conns",
+            "4",
+            "--hold-secs",
+            "5",
+        ],
+    )
+    .expect("server");
+    let report = harness::client(
+        t.client(),
+        &[
+            "--server-nid",
+            SERVER_NID,
+            "--nid",
+            CLIENT_NID,
+            "--expect",
+            puts,
+            "--timeout-secs",
+            "60",
+            "--reconnects",
+            reconnects,
+        ],
+        Duration::from_secs(90),
+    )
+    .expect("client");
+    drop(server);
+    report
+}
+
+#[test]
+fn clsact_mode_works_and_leaves_no_filter() {
+    let t = Topology::new("cls", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &["--attach-mode", "clsact"]).expect("attach");
+    assert!(
+        lnat.lines()[0].contains("(clsact, program"),
+        "{:?}",
+        lnat.lines()
+    );
+    assert!(tc_filters(&host).contains("lnat"), "no filter");
+    let report = exchange(&t, "30", "0");
+    assert_eq!(report.status, "ok", "{}", report.reason);
+    let again = host
+        .lnat(&["attach", "eth0", "--attach-mode", "clsact"])
+        .expect_err("second attach");
+    assert!(
+        format!("{again:#}").contains("already attached to eth0"),
+        "{again:#}"
+    );
+    lnat.stop().expect("stop");
+    assert!(!tc_filters(&host).contains("lnat"), "filter left behind");
+}
+
+#[test]
+fn sigkill_mid_transfer_then_reattach_and_reconnect() {
+    let t = Topology::new("kill", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &[]).expect("attach");
+    let program = lnat.program_id().expect("program id");
+    // A long transfer, killed in the middle.
+    let server = harness::server(
+        t.server(),
+        &[
+            "--nid",
+            SERVER_NID,
+            "--accept",
+            "all",
+            "--puts",
+            "600",
+            "--sizes",
+            "mixed",
+            "--pace-ms",
+            "5",
+            "--conns",
+            "12",
+            "--hold-secs",
+            "5",
+        ],
+    )
+    .expect("server");
+    let client = t
+        .client()
+        .spawn(&[
+            &harness::peer_bin().to_string_lossy(),
+            "client",
+            "--server-nid",
+            SERVER_NID,
+            "--nid",
+            CLIENT_NID,
+            "--expect",
+            "600",
+            "--timeout-secs",
+            "90",
+            "--reconnects",
+            "10",
+        ])
+        .expect("client");
+    std::thread::sleep(Duration::from_millis(700));
+    lnat.kill().expect("kill");
+    // The tcx link went with the process, and the program with it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        host.run(&["bpftool", "prog", "show", "id", &program.to_string()])
+            .is_err(),
+        "program {program} outlived lnat"
+    );
+    // The pins stay (bpffs keeps them) until the next attach, which removes them.
+    assert!(host.run(&["ls", "/sys/fs/bpf/lnat/eth0"]).is_ok());
+    std::thread::sleep(Duration::from_millis(500));
+    let lnat = Lnat::attach(&host, "eth0", &[]).expect("reattach");
+    assert!(
+        lnat.lines()
+            .iter()
+            .any(|l| l.contains("removed stale pins")),
+        "{:?}",
+        lnat.lines()
+    );
+    // LNet-style: the client's connection broke (its next message was rejected); it reconnects
+    // and the server resends what was not acknowledged.
+    let out = client.wait(Duration::from_secs(120)).expect("client");
+    let report: lnat_tests::report::ClientReport =
+        serde_json::from_slice(&out.stdout).expect("client report");
+    drop(server);
+    assert_eq!(report.status, "ok", "{}", report.reason);
+    assert_eq!(report.received.len(), 600);
+    assert!(
+        report.connections >= 2,
+        "the client never had to reconnect ({} connection)",
+        report.connections
+    );
+    assert_eq!(t.client().nstat("TcpInCsumErrors").expect("nstat"), 0);
+}
+
+#[test]
+fn sigkill_in_clsact_mode_leaves_a_filter_the_next_attach_removes() {
+    let t = Topology::new("killc", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &["--attach-mode", "clsact"]).expect("attach");
+    lnat.kill().expect("kill");
+    assert!(
+        tc_filters(&host).contains("lnat"),
+        "clsact filters outlive their process"
+    );
+    let lnat = Lnat::attach(&host, "eth0", &["--attach-mode", "clsact"]).expect("reattach");
+    assert!(
+        lnat.lines()
+            .iter()
+            .any(|l| l.contains("removed a stale lnat filter")),
+        "{:?}",
+        lnat.lines()
+    );
+    let report = exchange(&t, "20", "0");
+    assert_eq!(report.status, "ok", "{}", report.reason);
+    lnat.stop().expect("stop");
+    assert!(!tc_filters(&host).contains("lnat"));
+}
