@@ -49,6 +49,9 @@ pub struct TopoOpts {
     /// The router computes TCP checksums in software, so the client's kernel receives complete
     /// checksums and verifies each one (a wrong rewrite shows in TcpInCsumErrors).
     pub full_csum: bool,
+    /// Steer each connection to one CPU on the client (RPS), as a NIC's RSS does. Without it,
+    /// veth delivers a connection's packets on whichever CPU sent them.
+    pub rss: bool,
 }
 
 impl Default for TopoOpts {
@@ -58,6 +61,7 @@ impl Default for TopoOpts {
             client_mss: None,
             gro: true,
             full_csum: false,
+            rss: true,
         }
     }
 }
@@ -93,6 +97,23 @@ fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> anyhow::Result<()> 
     b.run(&["ip", "link", "set", &tb, "name", b_name])?;
     a.run(&["ip", "link", "set", a_name, "up"])?;
     b.run(&["ip", "link", "set", b_name, "up"])?;
+    Ok(())
+}
+
+/// Steers each flow received on `dev` to one CPU (RPS on every receive queue).
+fn rps(ns: &Netns, dev: &str) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(63);
+    let mask = format!("{:x}", (1u64 << cpus) - 1);
+    let dir = format!("/sys/class/net/{dev}/queues");
+    for q in ns
+        .run(&["ls", &dir])?
+        .split_whitespace()
+        .filter(|q| q.starts_with("rx-"))
+    {
+        ns.run(&["sh", "-c", &format!("echo {mask} > {dir}/{q}/rps_cpus")])?;
+    }
     Ok(())
 }
 
@@ -136,6 +157,13 @@ impl Topology {
         t.client.run(&route)?;
         t.server
             .run(&["ip", "route", "add", "default", "via", NAT])?;
+        if opts.rss {
+            // Every receiving side on the way: the router, too, gets the server's packets from
+            // whichever CPU sent them, and would forward them out of order.
+            rps(&t.client, "eth0")?;
+            rps(&t.router, "in0")?;
+            rps(&t.router, "out0")?;
+        }
         if opts.full_csum {
             t.router.run(&["ethtool", "-K", "in0", "tx", "off"])?;
             // And no receive offload, which veth would take as "already verified".
