@@ -42,18 +42,24 @@ pub fn lnat(ctx: TcContext) -> i32 {
     };
     let event = flows::event(&seg);
     match event {
-        Event::Open(role) => flows::open(&seg, role),
+        Event::Open(role) => {
+            flows::open(&seg, role);
+            return PASS;
+        }
         Event::Close => {
             flows::close(&seg);
             return PASS;
         }
         Event::Fin | Event::Data => {}
     }
-    if seg.len == 0 {
-        return PASS;
-    }
-    let verdict = rewrite(&ctx, &seg);
-    if event == Event::Fin {
+    // One call site: the rewrite's frame and the bpf_loop callbacks' share the 512-byte stack.
+    let verdict = if seg.len == 0 {
+        PASS
+    } else {
+        rewrite(&ctx, &seg)
+    };
+    // A FIN may carry the last data: rewritten above, then the flow is forgotten.
+    if event == Event::Fin && verdict == PASS {
         flows::close(&seg);
     }
     verdict

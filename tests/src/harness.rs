@@ -189,6 +189,22 @@ impl<'h> Lnat<'h> {
         serde_json::from_str(&out).context("parsing lnat status --json")
     }
 
+    /// Waits until lnat follows no connection (their FINs or RSTs were seen).
+    pub fn wait_no_flows(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status()?;
+            let n = s["flows"].as_array().map_or(0, Vec::len);
+            if n == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{n} flows still followed after {timeout:?}: {}", s["flows"]);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// One counter from `lnat status`.
     pub fn counter(&self, name: &str) -> anyhow::Result<u64> {
         let s = self.status()?;

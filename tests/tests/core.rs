@@ -115,6 +115,10 @@ fn three_hundred_puts(tag: &str, opts: TopoOpts, extra_server: &[&str]) -> (u64,
     assert_eq!(c["desynced"], 0);
     assert_eq!(c["conflicts"], 0);
     let segments = c["segments"].as_u64().unwrap_or_default();
+    // The connection ended: its flow is forgotten.
+    lnat.wait_no_flows(Duration::from_secs(10))
+        .expect("flows freed");
+    assert_eq!(lnat.counter("flows_closed").expect("counter"), 1);
     let lines = lnat.stop().expect("stop");
     assert!(
         lines
