@@ -59,6 +59,8 @@ pub enum Desync {
     Overrun = 7,
     /// The packet was shorter than its headers said, so its bytes could not be read or written.
     Unreadable = 8,
+    /// The peer's segments arrive as IPv4 fragments, reassembled only after the datapath.
+    Fragmented = 9,
 }
 
 impl Desync {
@@ -73,6 +75,7 @@ impl Desync {
             6 => Some(Desync::NotHello),
             7 => Some(Desync::Overrun),
             8 => Some(Desync::Unreadable),
+            9 => Some(Desync::Fragmented),
             _ => None,
         }
     }
@@ -88,6 +91,7 @@ impl Desync {
             Desync::NotHello => "V1 HELLO is not a HELLO",
             Desync::Overrun => "too many units in one packet",
             Desync::Unreadable => "packet shorter than its headers",
+            Desync::Fragmented => "IPv4 fragments (reassembled after the datapath)",
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct Segment {
     pub payload_off: u32,
     /// Packet offset of the TCP checksum field.
     pub check_off: u32,
+    /// The first fragment of a fragmented segment.
+    pub fragment: bool,
 }
 
 #[inline(always)]
@@ -72,11 +74,14 @@ pub fn parse(ctx: &TcContext) -> Option<Segment> {
     }
     let tot_len = be16(ctx, l3 + 2)? as u32;
     let frag = be16(ctx, l3 + 6)?;
-    if frag & 0x3fff != 0 {
-        // More-fragments or a fragment offset: the TCP header or payload is elsewhere.
+    if frag & 0x1fff != 0 {
+        // A later fragment: no TCP header to tell whose it is.
         maps::count(|c| c.fragments += 1);
         return None;
     }
+    // A first fragment (more-fragments set) still carries the TCP header: its flow is told to
+    // give up, as the rest of its bytes reach the stack only after reassembly, past TC.
+    let fragment = frag & 0x2000 != 0;
     let saddr: [u8; 4] = ctx.load(l3 + 12).ok()?;
     let daddr: [u8; 4] = ctx.load(l3 + 16).ok()?;
     let l4 = l3 + ihl;
@@ -118,5 +123,6 @@ pub fn parse(ctx: &TcContext) -> Option<Segment> {
         flags,
         payload_off: l4 as u32 + thl,
         check_off: l4 as u32 + 16,
+        fragment,
     })
 }

@@ -40,6 +40,11 @@ pub fn lnat(ctx: TcContext) -> i32 {
     let Some(seg) = headers::parse(&ctx) else {
         return PASS;
     };
+    if seg.fragment {
+        maps::count(|c| c.fragments += 1);
+        give_up(&ctx, &seg, Desync::Fragmented);
+        return PASS;
+    }
     let event = flows::event(&seg);
     match event {
         Event::Open(role) => {
@@ -143,6 +148,22 @@ fn rewrite_owned(ctx: &TcContext, seg: &Segment, flow: *mut FlowState) -> i32 {
     }
     job.env.finish();
     PASS
+}
+
+/// Stops following `seg`'s connection, if it is followed.
+fn give_up(ctx: &TcContext, seg: &Segment, why: Desync) {
+    let Some(flow) = maps::FLOWS.get_ptr_mut(seg.key) else {
+        return;
+    };
+    let (Some(work), Some(claim)) = (maps::LNAT_WORK.get_ptr_mut(0), flows::Claim::take(flow))
+    else {
+        return;
+    };
+    if let Some(mut env) = DpEnv::new(ctx, seg, flow, work) {
+        // SAFETY: a live flow value this CPU has claimed.
+        unsafe { (*flow).tracker.desync(why, &mut env) };
+    }
+    claim.release();
 }
 
 type Callback = extern "C" fn(u64, *mut core::ffi::c_void) -> i64;
