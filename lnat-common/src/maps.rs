@@ -67,17 +67,24 @@ impl Config {
         ((self.generation as u64) << 32) | self.learn_generation as u64
     }
 
-    /// True when `port` is one of the followed LNet ports.
-    pub fn follows(&self, port: u16) -> bool {
+    /// Which end of a segment from `sport` to `dport` is a followed LNet port: `Some(true)`
+    /// when the sender's (we connected to it), `Some(false)` when ours, `None` when neither.
+    ///
+    /// One pass over the ports, each compared as it is read: two separate passes made the
+    /// compiler keep every port in its own stack slot, which the eBPF stack cannot spare.
+    pub fn lnet_side(&self, sport: u16, dport: u16) -> Option<bool> {
         let n = self.nports as usize;
+        let mut ours = false;
         let mut i = 0;
-        while i < MAX_PORTS {
-            if i < n && self.ports[i] == port {
-                return true;
+        while i < MAX_PORTS && i < n {
+            let p = self.ports[i];
+            if p == sport {
+                return Some(true);
             }
+            ours |= p == dport;
             i += 1;
         }
-        false
+        ours.then_some(false)
     }
 }
 
@@ -222,14 +229,41 @@ pub struct FlowState {
     pub _pad: u32,
 }
 
-/// What the datapath changes while it works through one packet.
+/// A TCP segment on an LNet port, as the datapath found it in a packet.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct SegmentInfo {
+    /// The connection, as the packet names it.
+    pub key: FlowKey,
+    /// Sequence number of the first payload byte.
+    pub seq: u32,
+    /// Payload bytes.
+    pub len: u32,
+    /// Packet offset of the first payload byte.
+    pub payload_off: u32,
+    /// Packet offset of the TCP checksum field.
+    pub check_off: u32,
+    /// TCP flags.
+    pub flags: u8,
+    /// 1 when the LNet port is the sender's (we connected), 2 when it is ours.
+    pub role: u8,
+    /// 1 for the first fragment of a fragmented segment.
+    pub fragment: u8,
+    /// Keeps the struct a multiple of 4 bytes.
+    pub _pad: u8,
+}
+
+/// What the datapath knows and changes while it works through one packet.
 ///
-/// Kept in a per-CPU map rather than on the stack: the verifier treats map memory as unknown, so
-/// the `bpf_loop` callbacks that update it converge in a few passes instead of being followed
-/// once per possible value.
+/// Kept in a per-CPU map rather than on the stack: the 512-byte eBPF stack is shared by the
+/// entry point and the `bpf_loop` callbacks, and the verifier treats map memory as unknown, so
+/// the callbacks that update it converge in a few passes instead of being followed once per
+/// possible value.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Work {
+    /// The segment being rewritten.
+    pub seg: SegmentInfo,
     /// Where the history pass is.
     pub walk: PatchWalk,
     /// NIDs rewritten in this packet.

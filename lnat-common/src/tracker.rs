@@ -162,10 +162,22 @@ pub const OUT_MAX: usize = 2;
 /// Where the current unit keeps its NID and what to do with it.
 #[derive(Clone, Copy)]
 struct NidField {
-    off: usize,
+    off: u8,
     form: NidForm,
-    pid_off: usize,
+    pid_off: u8,
     learn: bool,
+}
+
+impl NidField {
+    /// Offset of the field in the unit. (Fields are bytes: the struct is on the eBPF stack.)
+    const fn off(self) -> usize {
+        self.off as usize
+    }
+
+    /// Offset of dest_pid when it compensates a V2 checksum, else 0.
+    const fn pid_off(self) -> usize {
+        self.pid_off as usize
+    }
 }
 
 /// The state of one tracked stream. Plain data, so it can live in a BPF map value.
@@ -297,13 +309,22 @@ impl Tracker {
         }
     }
 
-    /// Gives up on the stream.
+    /// Gives up on the stream, telling `env`.
     pub fn desync<E: Env>(&mut self, why: Desync, env: &mut E) {
-        if !self.desynced() {
-            self.flags |= F_DESYNC;
-            self.desync = why as u8;
+        if self.abandon(why) {
             env.note(Note::Desynced(why));
         }
+    }
+
+    /// Gives up on the stream; true if it was still followed. For callers with no [`Env`] at
+    /// hand, which report the desync themselves.
+    pub fn abandon(&mut self, why: Desync) -> bool {
+        if self.desynced() {
+            return false;
+        }
+        self.flags |= F_DESYNC;
+        self.desync = why as u8;
+        true
     }
 
     /// Processes `n` bytes the caller placed at `buf[have..have + n]`, the stream bytes from the
@@ -474,13 +495,13 @@ impl Tracker {
         let form = self.form();
         match self.unit {
             UNIT_CONNREQ => Some(NidField {
-                off: wire::connreq::NID,
+                off: wire::connreq::NID as u8,
                 form,
                 pid_off: 0,
                 learn: false,
             }),
             UNIT_HELLO => self.proto().hello().dst_nid.map(|off| NidField {
-                off,
+                off: off as u8,
                 form,
                 pid_off: 0,
                 learn: self.role == Role::Active as u8,
@@ -495,9 +516,9 @@ impl Tracker {
                 // A checksummed message (V2 enable_csum) gets the dest_pid compensation.
                 let csum = proto != Proto::V1 && self.rd32(wire::ksock::CSUM) != 0;
                 Some(NidField {
-                    off: ks + hdr.dest_nid,
+                    off: (ks + hdr.dest_nid) as u8,
                     form,
-                    pid_off: if csum { ks + hdr.dest_pid } else { 0 },
+                    pid_off: if csum { (ks + hdr.dest_pid) as u8 } else { 0 },
                     learn: false,
                 })
             }
@@ -507,7 +528,7 @@ impl Tracker {
     /// The NID of `field`, once all its bytes are in `buf`.
     fn nid_of(&self, field: NidField) -> Option<Nid> {
         self.buf
-            .get(field.off..field.off + field.form.size())
+            .get(field.off()..field.off() + field.form.size())
             .and_then(|b| field.form.decode(b))
     }
 
@@ -528,7 +549,7 @@ impl Tracker {
     /// Decides the current NID as soon as an address byte is present, and patches the address
     /// bytes as they arrive.
     fn nid_progress<E: Env>(&mut self, field: NidField, env: &mut E) {
-        let addr_at = field.off + field.form.addr_offset();
+        let addr_at = field.off() + field.form.addr_offset();
         let have = self.have as usize;
         if have <= addr_at {
             return;
@@ -573,12 +594,12 @@ impl Tracker {
             return;
         }
         env.note(Note::Rewrote);
-        if field.pid_off != 0 && self.flags & F_PID_DONE == 0 {
+        if field.pid_off() != 0 && self.flags & F_PID_DONE == 0 {
             self.flags |= F_PID_DONE;
-            let gap = (field.pid_off - addr_at - 4) as u32;
+            let gap = (field.pid_off() - addr_at - 4) as u32;
             let pid_xor = crc::cancel_word(u32::from_le_bytes(full), gap);
             self.emit(Patch {
-                pos: self.unit_seq.wrapping_add(field.pid_off as u32),
+                pos: self.unit_seq.wrapping_add(field.pid_off() as u32),
                 xor: pid_xor.to_le_bytes(),
             });
             env.note(Note::Compensated);
@@ -589,7 +610,7 @@ impl Tracker {
     fn decide<E: Env>(&mut self, field: NidField, env: &mut E) {
         self.flags |= F_DECIDED;
         let len = field.form.size();
-        let known = (self.have as usize).saturating_sub(field.off);
+        let known = (self.have as usize).saturating_sub(field.off());
         let target = if known >= len {
             self.nid_of(field)
                 .and_then(|n| self.full_target(n, field.learn, env))
@@ -617,7 +638,7 @@ impl Tracker {
         let hint = field.form.wire(Nid(self.hint));
         let mut i = 0;
         while i < known && i < crate::nid::LARGE_NID_LEN {
-            if self.buf[(field.off + i) % PREFIX_MAX] != hint[i] {
+            if self.buf[(field.off() + i) % PREFIX_MAX] != hint[i] {
                 return false;
             }
             i += 1;

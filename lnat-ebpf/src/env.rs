@@ -8,33 +8,32 @@ use lnat_common::{
     tracker::{Env, Note},
 };
 
-use crate::{headers::Segment, maps};
+use crate::maps;
 
 /// The tracker's environment for one packet.
 pub struct DpEnv<'a> {
     ctx: &'a TcContext,
     cfg: *mut Config,
-    key: FlowKey,
     flow: *mut FlowState,
     work: *mut Work,
 }
 
 impl<'a> DpEnv<'a> {
     /// The environment for `seg`, whose flow state is `flow`.
-    pub fn new(
-        ctx: &'a TcContext,
-        seg: &Segment,
-        flow: *mut FlowState,
-        work: *mut Work,
-    ) -> Option<Self> {
+    pub fn new(ctx: &'a TcContext, flow: *mut FlowState, work: *mut Work) -> Option<Self> {
         let cfg = maps::LNAT_CONFIG.get_ptr_mut(0)?;
         Some(DpEnv {
             ctx,
             cfg,
-            key: seg.key,
             flow,
             work,
         })
+    }
+
+    /// The connection, from the segment in the work area.
+    fn key(&self) -> FlowKey {
+        // SAFETY: this CPU's work area.
+        unsafe { (*self.work).seg.key }
     }
 
     fn now() -> u64 {
@@ -127,7 +126,7 @@ impl Env for DpEnv<'_> {
         let event = LearnEvent {
             external: key,
             local: NidKey::of(local),
-            flow: self.key,
+            flow: self.key(),
         };
         let _ = maps::LNAT_EVENTS.output(event, 0);
         info!(
@@ -136,8 +135,8 @@ impl Env for DpEnv<'_> {
             ext.addr(),
             ext.lnd(),
             ext.num(),
-            u32::from_be_bytes(self.key.peer_addr),
-            self.key.peer_port
+            u32::from_be_bytes(self.key().peer_addr),
+            self.key().peer_port
         );
     }
 
@@ -154,8 +153,8 @@ impl Env for DpEnv<'_> {
                 warn!(
                     self.ctx,
                     "a NID split across segments from {:i}:{} was not the one its first bytes promised",
-                    u32::from_be_bytes(self.key.peer_addr),
-                    self.key.peer_port
+                    u32::from_be_bytes(self.key().peer_addr),
+                    self.key().peer_port
                 );
             }
             Note::Desynced(why) => {
@@ -163,9 +162,9 @@ impl Env for DpEnv<'_> {
                 warn!(
                     self.ctx,
                     "stopped following {:i}:{} -> port {}: {}",
-                    u32::from_be_bytes(self.key.peer_addr),
-                    self.key.peer_port,
-                    self.key.local_port,
+                    u32::from_be_bytes(self.key().peer_addr),
+                    self.key().peer_port,
+                    self.key().local_port,
                     why.name()
                 );
             }

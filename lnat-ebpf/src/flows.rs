@@ -3,13 +3,13 @@
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use core::intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg};
 use lnat_common::{
-    maps::{FlowState, LookupCache},
+    maps::{FlowState, LookupCache, SegmentInfo},
     nid::Nid,
     tracker::Role,
 };
 
 use crate::{
-    headers::{ACK, FIN, RST, SYN, Segment},
+    headers::{ACK, FIN, RST, SYN},
     maps,
 };
 
@@ -26,15 +26,24 @@ pub enum Event {
     Data,
 }
 
+/// Which side opened the connection `seg` belongs to.
+pub fn role(seg: &SegmentInfo) -> Role {
+    if seg.role == Role::Passive as u8 {
+        Role::Passive
+    } else {
+        Role::Active
+    }
+}
+
 /// The flow-table event `seg` carries.
-pub fn event(seg: &Segment) -> Event {
+pub fn event(seg: &SegmentInfo) -> Event {
     let f = seg.flags;
     if f & RST != 0 {
         Event::Close
     } else if f & SYN != 0 {
         // We only see the peer's half: its SYN-ACK when we connected, its SYN when it did.
-        match (seg.role, f & ACK != 0) {
-            (Role::Active, true) | (Role::Passive, false) => Event::Open(seg.role),
+        match (role(seg), f & ACK != 0) {
+            (Role::Active, true) | (Role::Passive, false) => Event::Open(role(seg)),
             _ => Event::Data,
         }
     } else if f & FIN != 0 {
@@ -45,7 +54,8 @@ pub fn event(seg: &Segment) -> Event {
 }
 
 /// Starts following the stream a handshake announces; a repeated handshake keeps the state.
-pub fn open(seg: &Segment, role: Role) {
+#[inline(never)]
+pub fn open(seg: &SegmentInfo, role: Role) {
     let start = seg.seq.wrapping_add(1);
     let local = u32::from_be_bytes(seg.key.local_addr);
     let hint = maps::config().map_or(Nid(0), |c| c.hint.nid());
@@ -89,7 +99,7 @@ pub fn open(seg: &Segment, role: Role) {
 }
 
 /// Forgets a flow.
-pub fn close(seg: &Segment) {
+pub fn close(seg: &SegmentInfo) {
     if maps::FLOWS.remove(seg.key).is_ok() {
         maps::count(|c| c.flows_closed += 1);
     }

@@ -1,7 +1,10 @@
 //! Finding the TCP segment in an ingress packet, and whether it is on an LNet port.
+//!
+//! Headers are read into one small buffer: the entry point's frame shares the 512-byte eBPF
+//! stack with the rewrite loops.
 
-use aya_ebpf::programs::TcContext;
-use lnat_common::{maps::FlowKey, tracker::Role};
+use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
+use lnat_common::{maps::SegmentInfo, tracker::Role};
 
 use crate::maps;
 
@@ -19,61 +22,62 @@ pub const RST: u8 = 0x04;
 /// Acknowledgement.
 pub const ACK: u8 = 0x10;
 
-/// A TCP segment on an LNet port, as lnat needs it.
-#[derive(Clone, Copy)]
-pub struct Segment {
-    /// The connection, as this packet names it.
-    pub key: FlowKey,
-    /// Which side opened the connection: the LNet port is the sender's (we connected) or ours.
-    pub role: Role,
-    /// Sequence number of the first payload byte.
-    pub seq: u32,
-    /// Payload bytes.
-    pub len: u32,
-    /// TCP flags.
-    pub flags: u8,
-    /// Packet offset of the first payload byte.
-    pub payload_off: u32,
-    /// Packet offset of the TCP checksum field.
-    pub check_off: u32,
-    /// The first fragment of a fragmented segment.
-    pub fragment: bool,
+/// Reads `N` bytes at `off` into `h`; false if the packet is shorter. A constant length, as
+/// the verifier wants (aya's `load_bytes` clamps it to the packet, which may be zero).
+fn load<const N: usize>(ctx: &TcContext, off: u32, h: &mut [u8; 24]) -> bool {
+    // SAFETY: `h` holds at least N (<= 24) bytes; the helper checks the packet side.
+    unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), off, h.as_mut_ptr().cast(), N as u32) == 0 }
 }
 
-#[inline(always)]
-fn be16(ctx: &TcContext, off: usize) -> Option<u16> {
-    ctx.load::<u16>(off).ok().map(u16::from_be)
+fn be16(h: &[u8; 24], off: usize) -> u16 {
+    u16::from_be_bytes([h[off], h[off + 1]])
 }
 
-/// The segment in `ctx`, if it is IPv4 TCP to or from a followed LNet port; counts what it passes.
-pub fn parse(ctx: &TcContext) -> Option<Segment> {
+fn passed() -> Option<()> {
+    maps::count(|c| c.passed += 1);
+    None
+}
+
+/// Describes the segment in `ctx` in `seg` and returns true, if it is IPv4 TCP to or from a
+/// followed LNet port; counts what it passes.
+pub fn parse(ctx: &TcContext, seg: &mut SegmentInfo) -> bool {
+    read(ctx, seg).is_some()
+}
+
+fn read(ctx: &TcContext, seg: &mut SegmentInfo) -> Option<()> {
     let cfg = maps::config()?;
+    // One buffer, reused for each header, and every field stored into `seg` (map memory) as
+    // soon as it is read: three helper reads and 24 bytes of stack.
+    let mut h = [0u8; 24];
     let mut l3 = cfg.l2_len as usize;
     if l3 != 0 {
-        let mut proto = be16(ctx, 12)?;
-        // Tags the device left in the frame (it usually strips them into skb->vlan_tci).
-        let mut tags = 0;
-        while (proto == ETH_P_8021Q || proto == ETH_P_8021AD) && tags < 2 {
-            proto = be16(ctx, l3 + 2)?;
-            l3 += 4;
-            tags += 1;
-        }
-        if proto != ETH_P_IP {
-            maps::count(|c| c.passed += 1);
+        if !load::<22>(ctx, 0, &mut h) {
             return None;
         }
+        let mut proto = be16(&h, 12);
+        // Tags the device left in the frame (it usually strips them into skb->vlan_tci).
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            proto = be16(&h, 16);
+            l3 += 4;
+            if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+                proto = be16(&h, 20);
+                l3 += 4;
+            }
+        }
+        if proto != ETH_P_IP {
+            return passed();
+        }
     } else if u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16) != ETH_P_IP {
-        maps::count(|c| c.passed += 1);
+        return passed();
+    }
+    if !load::<20>(ctx, l3 as u32, &mut h) {
         return None;
     }
-    let ver_ihl: u8 = ctx.load(l3).ok()?;
-    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
-    if ver_ihl >> 4 != 4 || ihl < 20 || ctx.load::<u8>(l3 + 9).ok()? != IPPROTO_TCP {
-        maps::count(|c| c.passed += 1);
-        return None;
+    let ihl = ((h[0] & 0x0f) as u32) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 || h[9] != IPPROTO_TCP {
+        return passed();
     }
-    let tot_len = be16(ctx, l3 + 2)? as u32;
-    let frag = be16(ctx, l3 + 6)?;
+    let frag = be16(&h, 6);
     if frag & 0x1fff != 0 {
         // A later fragment: no TCP header to tell whose it is.
         maps::count(|c| c.fragments += 1);
@@ -81,48 +85,36 @@ pub fn parse(ctx: &TcContext) -> Option<Segment> {
     }
     // A first fragment (more-fragments set) still carries the TCP header: its flow is told to
     // give up, as the rest of its bytes reach the stack only after reassembly, past TC.
-    let fragment = frag & 0x2000 != 0;
-    let saddr: [u8; 4] = ctx.load(l3 + 12).ok()?;
-    let daddr: [u8; 4] = ctx.load(l3 + 16).ok()?;
-    let l4 = l3 + ihl;
-    let sport = be16(ctx, l4)?;
-    let dport = be16(ctx, l4 + 2)?;
-    let role = if cfg.follows(sport) {
-        Role::Active
-    } else if cfg.follows(dport) {
-        Role::Passive
-    } else {
-        maps::count(|c| c.passed += 1);
-        return None;
-    };
-    let seq = u32::from_be(ctx.load::<u32>(l4 + 4).ok()?);
-    let doff: u8 = ctx.load(l4 + 12).ok()?;
-    let flags: u8 = ctx.load(l4 + 13).ok()?;
-    let thl = ((doff >> 4) as u32) * 4;
-    if thl < 20 {
-        maps::count(|c| c.passed += 1);
-        return None;
-    }
+    seg.fragment = (frag & 0x2000 != 0) as u8;
+    seg.key.peer_addr = [h[12], h[13], h[14], h[15]];
+    seg.key.local_addr = [h[16], h[17], h[18], h[19]];
     // BIG TCP packets carry a zero total length; their length is the skb's.
+    let tot_len = be16(&h, 2) as u32;
     let ip_len = if tot_len == 0 {
         ctx.len().saturating_sub(l3 as u32)
     } else {
         tot_len
     };
-    let len = ip_len.saturating_sub(ihl as u32 + thl);
-    Some(Segment {
-        key: FlowKey {
-            peer_addr: saddr,
-            local_addr: daddr,
-            peer_port: sport,
-            local_port: dport,
-        },
-        role,
-        seq,
-        len,
-        flags,
-        payload_off: l4 as u32 + thl,
-        check_off: l4 as u32 + 16,
-        fragment,
-    })
+    let l4 = l3 as u32 + ihl;
+    if !load::<20>(ctx, l4, &mut h) {
+        return None;
+    }
+    let (sport, dport) = (be16(&h, 0), be16(&h, 2));
+    seg.role = match cfg.lnet_side(sport, dport) {
+        Some(true) => Role::Active as u8,
+        Some(false) => Role::Passive as u8,
+        None => return passed(),
+    };
+    let thl = ((h[12] >> 4) as u32) * 4;
+    if thl < 20 {
+        return passed();
+    }
+    seg.key.peer_port = sport;
+    seg.key.local_port = dport;
+    seg.seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    seg.len = ip_len.saturating_sub(ihl + thl);
+    seg.payload_off = l4 + thl;
+    seg.check_off = l4 + 16;
+    seg.flags = h[13];
+    Some(())
 }

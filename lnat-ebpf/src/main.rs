@@ -18,13 +18,13 @@ mod skb;
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use lnat_common::{
     history::PatchWalk,
-    maps::{FlowState, Work},
+    maps::{FlowState, SegmentInfo, Work},
     segment::{self, Step},
     seq,
     tracker::{Admit, Desync},
 };
 
-use crate::{env::DpEnv, flows::Event, headers::Segment, skb::SkbPacket};
+use crate::{env::DpEnv, flows::Event, skb::SkbPacket};
 
 /// Let the packet continue: the next tcx program or the stack (`TCX_NEXT` / `TC_ACT_UNSPEC`).
 const PASS: i32 = -1;
@@ -37,22 +37,28 @@ const MAX_STEPS: u32 = 1 << 16;
 
 #[classifier]
 pub fn lnat(ctx: TcContext) -> i32 {
-    let Some(seg) = headers::parse(&ctx) else {
+    // The segment is described in map memory, not on the stack (see `Work`).
+    let Some(work) = maps::LNAT_WORK.get_ptr_mut(0) else {
         return PASS;
     };
-    if seg.fragment {
-        maps::count(|c| c.fragments += 1);
-        give_up(&ctx, &seg, Desync::Fragmented);
+    // SAFETY: this CPU's work area; one program run at a time uses it.
+    let seg = unsafe { &mut (*work).seg };
+    if !headers::parse(&ctx, seg) {
         return PASS;
     }
-    let event = flows::event(&seg);
+    if seg.fragment != 0 {
+        maps::count(|c| c.fragments += 1);
+        give_up(seg, Desync::Fragmented);
+        return PASS;
+    }
+    let event = flows::event(seg);
     match event {
         Event::Open(role) => {
-            flows::open(&seg, role);
+            flows::open(seg, role);
             return PASS;
         }
         Event::Close => {
-            flows::close(&seg);
+            flows::close(seg);
             return PASS;
         }
         Event::Fin | Event::Data => {}
@@ -61,28 +67,31 @@ pub fn lnat(ctx: TcContext) -> i32 {
     let verdict = if seg.len == 0 {
         PASS
     } else {
-        rewrite(&ctx, &seg)
+        rewrite(&ctx, work)
     };
     // A FIN may carry the last data: rewritten above, then the flow is forgotten.
+    // SAFETY: as above.
+    let seg = unsafe { &(*work).seg };
     if event == Event::Fin && verdict == PASS {
-        flows::close(&seg);
+        flows::close(seg);
     }
     verdict
 }
 
-/// What the `bpf_loop` callbacks need. Read-only while they run: everything they change lives in
-/// map memory (the flow state and [`Work`]), which keeps the verifier's view of the loop small.
+/// What the `bpf_loop` callbacks need: pointers only. Everything they read or change lives in
+/// map memory (the flow state and [`Work`]), which costs no stack and keeps the verifier's view
+/// of the loop small.
 struct Job<'a> {
     flow: *mut FlowState,
     work: *mut Work,
     pkt: SkbPacket,
     env: DpEnv<'a>,
-    seq: u32,
-    len: u32,
 }
 
-fn rewrite(ctx: &TcContext, seg: &Segment) -> i32 {
-    let Some(flow) = maps::FLOWS.get_ptr_mut(seg.key) else {
+fn rewrite(ctx: &TcContext, work: *mut Work) -> i32 {
+    // SAFETY: this CPU's work area.
+    let key = unsafe { (*work).seg.key };
+    let Some(flow) = maps::FLOWS.get_ptr_mut(key) else {
         maps::count(|c| c.evicted += 1);
         return PASS;
     };
@@ -92,19 +101,17 @@ fn rewrite(ctx: &TcContext, seg: &Segment) -> i32 {
         maps::count(|c| c.contended += 1);
         return DROP;
     };
-    let verdict = rewrite_owned(ctx, seg, flow);
+    let verdict = rewrite_owned(ctx, work, flow);
     claim.release();
     verdict
 }
 
-fn rewrite_owned(ctx: &TcContext, seg: &Segment, flow: *mut FlowState) -> i32 {
-    let Some(work) = maps::LNAT_WORK.get_ptr_mut(0) else {
-        return PASS;
-    };
+fn rewrite_owned(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> i32 {
     // SAFETY: a value pointer from the flow table stays valid for this program run (values are
-    // freed after an RCU grace period), and the claim makes this CPU its only user.
-    let tracker = unsafe { &mut (*flow).tracker };
-    match tracker.admit(seg.seq, seg.len) {
+    // freed after an RCU grace period), and the claim makes this CPU its only user. The work
+    // area is this CPU's.
+    let (tracker, seq, len) = unsafe { (&mut (*flow).tracker, (*work).seg.seq, (*work).seg.len) };
+    match tracker.admit(seq, len) {
         Admit::Pass => return PASS,
         Admit::Drop => {
             maps::count(|c| c.dropped_ooo += 1);
@@ -115,25 +122,22 @@ fn rewrite_owned(ctx: &TcContext, seg: &Segment, flow: *mut FlowState) -> i32 {
             c.history_misses += miss as u64;
         }),
     }
-    let reaches = tracker.history.reaches(seg.seq);
-    let Some(env) = DpEnv::new(ctx, seg, flow, work) else {
+    let reaches = tracker.history.reaches(seq);
+    let Some(env) = DpEnv::new(ctx, flow, work) else {
         return PASS;
     };
     // SAFETY: this CPU's work area.
     unsafe {
-        *work = Work {
-            walk: PatchWalk::new(seg.seq, seg.len),
-            rewrites: 0,
-            failed: 0,
-        };
+        (*work).walk = PatchWalk::new(seq, len);
+        (*work).rewrites = 0;
+        (*work).failed = 0;
     }
     let mut job = Job {
         flow,
         work,
-        pkt: SkbPacket::new(ctx, seg),
+        // SAFETY: as above.
+        pkt: SkbPacket::new(ctx, unsafe { &raw const (*work).seg }),
         env,
-        seq: seg.seq,
-        len: seg.len,
     };
     if reaches {
         run(history_cb, &mut job);
@@ -143,7 +147,7 @@ fn rewrite_owned(ctx: &TcContext, seg: &Segment, flow: *mut FlowState) -> i32 {
     let (tracker, failed) = unsafe { (&mut (*flow).tracker, (*work).failed) };
     if failed != 0 {
         tracker.desync(Desync::Unreadable, &mut job.env);
-    } else if steps >= MAX_STEPS && seq::before(tracker.cursor(), seg.seq.wrapping_add(seg.len)) {
+    } else if steps >= MAX_STEPS && seq::before(tracker.cursor(), seq.wrapping_add(len)) {
         tracker.desync(Desync::Overrun, &mut job.env);
     }
     job.env.finish();
@@ -151,17 +155,17 @@ fn rewrite_owned(ctx: &TcContext, seg: &Segment, flow: *mut FlowState) -> i32 {
 }
 
 /// Stops following `seg`'s connection, if it is followed.
-fn give_up(ctx: &TcContext, seg: &Segment, why: Desync) {
+#[inline(never)]
+fn give_up(seg: &SegmentInfo, why: Desync) {
     let Some(flow) = maps::FLOWS.get_ptr_mut(seg.key) else {
         return;
     };
-    let (Some(work), Some(claim)) = (maps::LNAT_WORK.get_ptr_mut(0), flows::Claim::take(flow))
-    else {
+    let Some(claim) = flows::Claim::take(flow) else {
         return;
     };
-    if let Some(mut env) = DpEnv::new(ctx, seg, flow, work) {
-        // SAFETY: a live flow value this CPU has claimed.
-        unsafe { (*flow).tracker.desync(why, &mut env) };
+    // SAFETY: a live flow value this CPU has claimed.
+    if unsafe { (*flow).tracker.abandon(why) } {
+        maps::count(|c| c.desynced += 1);
     }
     claim.release();
 }
@@ -213,7 +217,8 @@ extern "C" fn parse_cb(_: u64, job: *mut core::ffi::c_void) -> i64 {
     let job = job.cast::<Job<'_>>();
     // SAFETY: as in `history_cb`.
     unsafe {
-        let (flow, work, seq, len) = ((*job).flow, (*job).work, (*job).seq, (*job).len);
+        let (flow, work) = ((*job).flow, (*job).work);
+        let (seq, len) = ((*work).seg.seq, (*work).seg.len);
         let step = segment::parse_step(
             &mut (*flow).tracker,
             seq,

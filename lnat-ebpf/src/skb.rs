@@ -5,9 +5,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_l4_csum_replace, bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
-use lnat_common::{csum, history::Clip, segment::Packet};
-
-use crate::headers::Segment;
+use lnat_common::{csum, history::Clip, maps::SegmentInfo, segment::Packet};
 
 /// `v`, with everything the compiler knows about it forgotten.
 ///
@@ -23,18 +21,21 @@ fn opaque(v: u32) -> u32 {
 /// The payload of one segment.
 pub struct SkbPacket {
     skb: *mut __sk_buff,
-    payload_off: u32,
-    check_off: u32,
+    seg: *const SegmentInfo,
 }
 
 impl SkbPacket {
-    /// The payload of `seg` in `ctx`.
-    pub fn new(ctx: &TcContext, seg: &Segment) -> Self {
+    /// The payload of `seg` (kept in map memory) in `ctx`.
+    pub fn new(ctx: &TcContext, seg: *const SegmentInfo) -> Self {
         SkbPacket {
             skb: ctx.skb.skb,
-            payload_off: seg.payload_off,
-            check_off: seg.check_off,
+            seg,
         }
+    }
+
+    fn payload_off(&self) -> u32 {
+        // SAFETY: a live per-CPU map value.
+        unsafe { (*self.seg).payload_off }
     }
 }
 
@@ -48,7 +49,7 @@ impl Packet for SkbPacket {
         unsafe {
             bpf_skb_load_bytes(
                 self.skb.cast(),
-                self.payload_off + off,
+                self.payload_off() + off,
                 dst.as_mut_ptr().cast(),
                 n,
             ) == 0
@@ -60,7 +61,7 @@ impl Packet for SkbPacket {
         if n == 0 || n > 4 {
             return false;
         }
-        let at = self.payload_off + clip.off;
+        let at = self.payload_off() + clip.off;
         let mut old = [0u8; 4];
         // SAFETY: `old` holds 4 bytes and n <= 4.
         if unsafe { bpf_skb_load_bytes(self.skb.cast(), at, old.as_mut_ptr().cast(), n) } != 0 {
@@ -78,7 +79,7 @@ impl Packet for SkbPacket {
             if bpf_skb_store_bytes(self.skb.cast(), at, new.as_ptr().cast(), n, 0) != 0 {
                 return false;
             }
-            bpf_l4_csum_replace(self.skb.cast(), self.check_off, 0, diff as u64, 0) == 0
+            bpf_l4_csum_replace(self.skb.cast(), (*self.seg).check_off, 0, diff as u64, 0) == 0
         }
     }
 }

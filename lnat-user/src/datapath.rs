@@ -141,6 +141,14 @@ fn already_exists(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The verifier's cost of a loaded program: instructions it processed (out of its 1M limit).
+pub fn verified_insns(program_id: u32) -> Option<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == program_id)
+        .and_then(|p| p.verified_instruction_count())
+}
+
 /// The id of an lnat program attached to `iface` ingress through tcx, if there is one.
 pub fn running_on(iface: &str) -> anyhow::Result<Option<u32>> {
     if !has_tcx()? {

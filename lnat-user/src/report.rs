@@ -18,6 +18,8 @@ pub struct Status {
     pub iface: String,
     /// The live program, if one is attached (queried from the kernel).
     pub program_id: Option<u32>,
+    /// Instructions the verifier processed to accept it (its limit is 1,000,000).
+    pub verified_insns: Option<u32>,
     /// Followed LNet ports.
     pub ports: Vec<u16>,
     /// Whether HELLOs teach external NIDs.
@@ -142,9 +144,11 @@ impl Status {
         let maps = Maps::pinned(iface)?;
         let cfg = maps.config()?;
         let now = datapath::now_ns();
+        let program_id = datapath::running_on(iface).ok().flatten();
         Ok(Status {
             iface: iface.to_owned(),
-            program_id: datapath::running_on(iface).ok().flatten(),
+            program_id,
+            verified_insns: program_id.and_then(datapath::verified_insns),
             ports: cfg.ports[..(cfg.nports as usize).min(cfg.ports.len())].to_vec(),
             learning: cfg.learn != 0,
             mappings: maps
@@ -169,7 +173,10 @@ impl Status {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let prog = match self.program_id {
-            Some(id) => format!("attached (program {id})"),
+            Some(id) => match self.verified_insns {
+                Some(n) => format!("attached (program {id}, {n} instructions verified)"),
+                None => format!("attached (program {id})"),
+            },
             None => "pinned maps only (no tcx program found)".to_owned(),
         };
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();

@@ -50,18 +50,74 @@ pub struct ClientOpts {
 enum End {
     /// Everything expected arrived.
     Done,
-    /// The connection failed; the reason, and whether it was a rejection by the kernel's rules.
-    Failed(String, bool),
+    /// The connection failed: the kernel-style reason, and the report's status for it.
+    Failed(String, Status),
+}
+
+/// Why a connection failed, as the report's `status` says it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Status {
+    /// The client dropped it by the kernel's rules (HELLO check, lnet_parse, checksum).
+    Rejected,
+    /// The server refused it: nothing listens, or it closed before its HELLO.
+    Refused,
+    /// The deadline passed while waiting.
+    Timeout,
+    /// Anything else (a reset mid-stream, a malformed frame).
+    Error,
+}
+
+impl Status {
+    /// The report's word for it.
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Rejected => "rejected",
+            Status::Refused => "refused",
+            Status::Timeout => "timeout",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// The kind of the I/O error behind `e`, if there is one.
+fn io_kind(e: &anyhow::Error) -> Option<ErrorKind> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind)
+}
+
+/// True when `e` is a read that ran into the deadline.
+fn timed_out(e: &anyhow::Error) -> bool {
+    matches!(
+        io_kind(e),
+        Some(ErrorKind::WouldBlock | ErrorKind::TimedOut)
+    )
+}
+
+/// True when `e` says the other side closed or reset the connection.
+fn closed_by_peer(e: &anyhow::Error) -> bool {
+    matches!(
+        io_kind(e),
+        Some(
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+        )
+    )
 }
 
 /// Runs the client and reports what it saw.
 pub fn run(opts: &ClientOpts) -> ClientReport {
     let deadline = Instant::now() + opts.timeout;
-    let mut report = ClientReport::default();
+    let mut report = ClientReport {
+        role: "client".into(),
+        ..ClientReport::default()
+    };
     let mut received: BTreeMap<u64, Put> = BTreeMap::new();
     loop {
         if Instant::now() >= deadline {
-            report.status = "timeout".into();
+            report.status = Status::Timeout.as_str().into();
             report.reason = format!(
                 "{} of {} PUTs in {:?}",
                 received.len(),
@@ -70,27 +126,37 @@ pub fn run(opts: &ClientOpts) -> ClientReport {
             );
             break;
         }
-        let stream = match connect(opts) {
-            Ok(s) => s,
-            Err(e) => {
-                report.status = "error".into();
-                report.reason = format!("{e:#}");
-                break;
+        let end = match connect(opts) {
+            Ok(stream) => {
+                report.connections += 1;
+                report.local_port = stream.local_addr().map_or(0, |a| a.port());
+                session(stream, opts, deadline, &mut report, &mut received)
             }
+            Err(e) if io_kind(&e) == Some(ErrorKind::ConnectionRefused) => End::Failed(
+                format!(
+                    "Connection to {} at host {} was refused: check that Lustre is running on \
+                     that node.",
+                    opts.server_nid, opts.server
+                ),
+                Status::Refused,
+            ),
+            Err(e) => End::Failed(format!("{e:#}"), Status::Error),
         };
-        report.connections += 1;
-        report.local_port = stream.local_addr().map_or(0, |a| a.port());
-        match session(stream, opts, deadline, &mut report, &mut received) {
+        match end {
             End::Done => {
                 report.status = "ok".into();
                 report.reason.clear();
                 break;
             }
-            End::Failed(why, rejected) => {
+            End::Failed(why, status) => {
                 eprintln!("{why}");
+                if status == Status::Timeout {
+                    // The deadline check above reports how far the run got.
+                    continue;
+                }
                 report.failures += 1;
                 report.reason = why;
-                report.status = if rejected { "rejected" } else { "error" }.into();
+                report.status = status.as_str().into();
                 if report.failures > opts.reconnects {
                     break;
                 }
@@ -141,8 +207,11 @@ fn session(
 ) -> End {
     match exchange(stream, opts, deadline, report, received) {
         Ok(end) => end,
-        Err(e) if e.downcast_ref::<ChecksumError>().is_some() => End::Failed(format!("{e}"), true),
-        Err(e) => End::Failed(format!("{e:#}"), false),
+        Err(e) if e.downcast_ref::<ChecksumError>().is_some() => {
+            End::Failed(format!("{e}"), Status::Rejected)
+        }
+        Err(e) if timed_out(&e) => End::Failed(format!("{e:#}"), Status::Timeout),
+        Err(e) => End::Failed(format!("{e:#}"), Status::Error),
     }
 }
 
@@ -155,7 +224,6 @@ fn exchange(
 ) -> anyhow::Result<End> {
     let clock = stream.try_clone().context("cloning the socket")?;
     let mut w = Wire::new(stream, 0, 0)?;
-    w.send_connreq(opts.server_nid, opts.proto == Proto::V4, opts.endian)?;
     let hello = Hello {
         proto: opts.proto,
         src_nid: opts.nid,
@@ -171,9 +239,25 @@ fn exchange(
         ctype: opts.ctype,
         nips: 0,
     };
-    w.send_hello(&hello, opts.endian)?;
-    let (theirs, endian) = read_by(&clock, deadline, || w.recv_hello())
-        .with_context(|| format!("reading the HELLO from {} (refused?)", opts.server))?;
+    let handshake = w
+        .send_connreq(opts.server_nid, opts.proto == Proto::V4, opts.endian)
+        .and_then(|()| w.send_hello(&hello, opts.endian))
+        .and_then(|()| read_by(&clock, deadline, || w.recv_hello()));
+    let (theirs, endian) = match handshake {
+        Ok(h) => h,
+        // The acceptor refuses by closing: the kernel reports it as a reset.
+        Err(e) if closed_by_peer(&e) => {
+            return Ok(End::Failed(
+                format!(
+                    "Connection to {} at host {} was reset: is it running a compatible version \
+                     of Lustre and is {} one of its NIDs?",
+                    opts.server_nid, opts.server, opts.server_nid
+                ),
+                Status::Refused,
+            ));
+        }
+        Err(e) => return Err(e.context(format!("reading the HELLO from {}", opts.server))),
+    };
     // The active side checks who answered, not what it calls us.
     if theirs.src_nid != opts.server_nid || theirs.src_pid != wire::PID_LUSTRE {
         return Ok(End::Failed(
@@ -185,7 +269,7 @@ fn exchange(
                 theirs.src_nid,
                 theirs.src_pid
             ),
-            true,
+            Status::Rejected,
         ));
     }
     report.server_hello_dst_nid = theirs.dst_nid.to_string();
@@ -193,8 +277,15 @@ fn exchange(
     while (received.len() as u64) < opts.expect {
         let msg = match read_by(&clock, deadline, || w.recv_msg(proto, endian)) {
             Ok(m) => m,
-            Err(e) if e.downcast_ref::<ChecksumError>().is_some() => return Err(e),
-            Err(e) => return Ok(End::Failed(format!("connection lost: {e:#}"), false)),
+            Err(e) if e.downcast_ref::<ChecksumError>().is_some() || timed_out(&e) => {
+                return Err(e);
+            }
+            Err(e) => {
+                return Ok(End::Failed(
+                    format!("connection lost: {e:#}"),
+                    Status::Error,
+                ));
+            }
         };
         let Msg::Lnet { hdr, payload } = msg else {
             continue;
@@ -206,14 +297,14 @@ fn exchange(
                     "lnet_parse(): {}, src {}: Bad dest nid {} (should have been sent direct)",
                     opts.server_nid, hdr.src_nid, hdr.dest_nid
                 ),
-                true,
+                Status::Rejected,
             ));
         }
         let t = LnetType::from_u32(hdr.msg_type);
         if matches!(t, Some(LnetType::Ack | LnetType::Get)) && hdr.payload_length > 0 {
             return Ok(End::Failed(
                 format!("bad {t:?} payload {} (0 expected)", hdr.payload_length),
-                true,
+                Status::Rejected,
             ));
         }
         if t != Some(LnetType::Put) {
@@ -256,4 +347,220 @@ fn read_by<T>(
         .set_read_timeout(Some(left))
         .context("setting a read timeout")?;
     read()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    const SERVER_NID: &str = "203.0.113.10@tcp";
+    const CLIENT_NID: &str = "198.51.100.2@tcp";
+
+    fn nid(s: &str) -> Nid {
+        s.parse().expect("nid")
+    }
+
+    /// Client options against `server` on loopback, from an ephemeral port.
+    fn opts(server: SocketAddr, expect: u64) -> ClientOpts {
+        ClientOpts {
+            server,
+            server_nid: nid(SERVER_NID),
+            nid: nid(CLIENT_NID),
+            proto: Proto::V3,
+            endian: Endian::Little,
+            ctype: 1,
+            expect,
+            timeout: Duration::from_secs(10),
+            reconnects: 0,
+            src_port: Some(0),
+        }
+    }
+
+    /// A scripted server on loopback: it reads the connection request and the client's HELLO,
+    /// then `script` answers.
+    fn fake_server(
+        script: impl FnOnce(Wire, Hello) + Send + 'static,
+    ) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().expect("accept");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut w = Wire::new(s, 0, 0).expect("wire");
+            w.recv_connreq().expect("connreq");
+            let (hello, _) = w.recv_hello().expect("hello");
+            script(w, hello);
+        });
+        (addr, t)
+    }
+
+    /// The HELLO a server named `src` sends back.
+    fn reply(src: &str) -> Hello {
+        Hello {
+            proto: Proto::V3,
+            src_nid: nid(src),
+            dst_nid: nid(CLIENT_NID),
+            src_pid: wire::PID_LUSTRE,
+            dst_pid: 0,
+            src_incarnation: 1,
+            dst_incarnation: 0,
+            ctype: 1,
+            nips: 0,
+        }
+    }
+
+    fn put(dest: &str, index: u64, payload: &[u8]) -> Vec<u8> {
+        let hdr = lnet::header(
+            nid(dest),
+            wire::PID_LUSTRE,
+            nid(SERVER_NID),
+            wire::PID_LUSTRE,
+            LnetType::Put,
+            index,
+            payload.len() as u32,
+        );
+        lnet::encode_lnet(Proto::V3, Endian::Little, hdr, payload.to_vec(), false)
+    }
+
+    #[test]
+    fn puts_for_us_are_received_and_acked() {
+        let (addr, server) = fake_server(|mut w, hello| {
+            assert_eq!(hello.src_nid, nid(CLIENT_NID));
+            assert_eq!(hello.dst_nid, nid(SERVER_NID));
+            w.send_hello(&reply(SERVER_NID), Endian::Little)
+                .expect("hello");
+            w.send(&lnet::encode_noop(Proto::V3, Endian::Little))
+                .expect("noop");
+            for index in [4, 9] {
+                w.send(&put(CLIENT_NID, index, b"payload")).expect("put");
+                let Msg::Lnet { hdr, payload } =
+                    w.recv_msg(Proto::V3, Endian::Little).expect("ack")
+                else {
+                    panic!("a NOOP instead of an ACK");
+                };
+                assert_eq!(hdr.msg_type, LnetType::Ack as u32);
+                assert_eq!(hdr.dest_nid, nid(SERVER_NID));
+                assert_eq!(lnet::index_of(&hdr), index);
+                assert!(payload.is_empty());
+            }
+        });
+        let report = run(&opts(addr, 2));
+        server.join().expect("server");
+        assert_eq!(report.status, "ok", "{}", report.reason);
+        assert_eq!(report.server_hello_dst_nid, CLIENT_NID);
+        let want: Vec<Put> = [4, 9]
+            .map(|index| Put {
+                index,
+                size: 7,
+                digest: workload::digest(b"payload"),
+            })
+            .into();
+        assert_eq!(report.received, want);
+    }
+
+    #[test]
+    fn a_put_for_another_nid_on_our_net_is_rejected() {
+        let (addr, server) = fake_server(|mut w, _| {
+            w.send_hello(&reply(SERVER_NID), Endian::Little)
+                .expect("hello");
+            w.send(&put("203.0.113.1@tcp", 0, b"x")).expect("put");
+        });
+        let report = run(&opts(addr, 1));
+        server.join().expect("server");
+        assert_eq!(report.status, "rejected");
+        assert!(
+            report
+                .reason
+                .contains("Bad dest nid 203.0.113.1@tcp (should have been sent direct)"),
+            "{}",
+            report.reason
+        );
+        assert!(report.received.is_empty());
+    }
+
+    #[test]
+    fn a_server_claiming_another_nid_is_rejected() {
+        let (addr, server) = fake_server(|mut w, _| {
+            w.send_hello(&reply("203.0.113.11@tcp"), Endian::Little)
+                .expect("hello");
+        });
+        let report = run(&opts(addr, 1));
+        server.join().expect("server");
+        assert_eq!(report.status, "rejected");
+        assert!(
+            report
+                .reason
+                .contains("but they claimed they were 203.0.113.11@tcp-12345"),
+            "{}",
+            report.reason
+        );
+    }
+
+    #[test]
+    fn a_corrupt_checksum_is_rejected() {
+        let (addr, server) = fake_server(|mut w, _| {
+            let mut hello = reply(SERVER_NID);
+            hello.proto = Proto::V2;
+            w.send_hello(&hello, Endian::Little).expect("hello");
+            let hdr = lnet::header(
+                nid(CLIENT_NID),
+                wire::PID_LUSTRE,
+                nid(SERVER_NID),
+                wire::PID_LUSTRE,
+                LnetType::Put,
+                0,
+                3,
+            );
+            let mut msg = lnet::encode_lnet(Proto::V2, Endian::Little, hdr, vec![1, 2, 3], true);
+            let last = msg.len() - 1;
+            msg[last] ^= 0x40;
+            w.send(&msg).expect("put");
+        });
+        let report = run(&opts(addr, 1));
+        server.join().expect("server");
+        assert_eq!(report.status, "rejected");
+        assert!(
+            report.reason.starts_with("Checksum error"),
+            "{}",
+            report.reason
+        );
+    }
+
+    #[test]
+    fn a_server_closing_before_its_hello_refused_us() {
+        let (addr, server) = fake_server(|w, _| drop(w));
+        let report = run(&opts(addr, 1));
+        server.join().expect("server");
+        assert_eq!(report.status, "refused", "{}", report.reason);
+        assert!(report.reason.contains("was reset"), "{}", report.reason);
+    }
+
+    #[test]
+    fn nothing_listening_is_refused() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let report = run(&opts(addr, 1));
+        assert_eq!(report.status, "refused", "{}", report.reason);
+        assert_eq!(report.connections, 0);
+    }
+
+    #[test]
+    fn a_silent_server_times_out() {
+        let (addr, server) = fake_server(|mut w, _| {
+            w.send_hello(&reply(SERVER_NID), Endian::Little)
+                .expect("hello");
+            // Holds the connection until the client gives up.
+            let _ = w.recv(1);
+        });
+        let mut o = opts(addr, 1);
+        o.timeout = Duration::from_millis(500);
+        let report = run(&o);
+        server.join().expect("server");
+        assert_eq!(report.status, "timeout", "{}", report.reason);
+        assert_eq!(report.reason, "0 of 1 PUTs in 500ms");
+    }
 }

@@ -5,6 +5,7 @@
 pub mod blob;
 pub mod client;
 pub mod harness;
+pub mod impair;
 pub mod lnet;
 pub mod ns;
 pub mod report;

@@ -109,21 +109,21 @@ impl Wire {
         self.send(&b[..n])
     }
 
-    /// Reads an acceptor connection request.
+    /// Reads an acceptor connection request: magic and version first, which say how long the
+    /// NID field is, then the rest.
     pub fn recv_connreq(&mut self) -> anyhow::Result<Connreq> {
-        let mut b = self.recv(8)?;
-        let (magic, version) = (Endian::Little.u32(&b, 0), Endian::Little.u32(&b, 4));
-        let big = magic.swap_bytes() == wire::ACCEPTOR_MAGIC;
-        let version = if big { version.swap_bytes() } else { version };
-        let rest = if version == 2 {
-            wire::connreq::LEN_V2
-        } else {
-            wire::connreq::LEN_V1
+        let mut b = self.recv(wire::connreq::NID)?;
+        let endian = match Endian::Little.u32(&b, wire::connreq::MAGIC) {
+            wire::ACCEPTOR_MAGIC => Endian::Little,
+            m if m.swap_bytes() == wire::ACCEPTOR_MAGIC => Endian::Big,
+            m => bail!("Bad magic {m:#x} in connection request"),
         };
-        if magic != wire::ACCEPTOR_MAGIC && !big {
-            bail!("Bad magic {magic:#x} in connection request");
+        let len = Connreq {
+            nid: Nid::ANY,
+            version: endian.u32(&b, wire::connreq::VERSION),
         }
-        b.extend(self.recv(rest - 8)?);
+        .wire_len();
+        b.extend(self.recv(len - wire::connreq::NID)?);
         Connreq::decode(&b)
             .map(|(r, _)| r)
             .map_err(|e| anyhow::anyhow!("bad connection request: {e:?}"))
@@ -273,4 +273,223 @@ pub fn index_of(hdr: &LnetHdr) -> u64 {
             .try_into()
             .unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::TcpListener, time::Duration};
+
+    use lnat_common::wire::{LnetType, PID_LUSTRE, PID_USERFLAG};
+
+    use super::*;
+
+    /// Two connected ends over loopback; `chunk_max` applies to the first.
+    fn pair(chunk_max: usize) -> (Wire, Wire) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let a = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (b, _) = l.accept().expect("accept");
+        for s in [&a, &b] {
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+        }
+        (
+            Wire::new(a, chunk_max, 1).expect("wire"),
+            Wire::new(b, 0, 2).expect("wire"),
+        )
+    }
+
+    fn nid(s: &str) -> Nid {
+        s.parse().expect("nid")
+    }
+
+    fn put(index: u64, payload: u32) -> LnetHdr {
+        header(
+            nid("198.51.100.2@tcp"),
+            PID_LUSTRE,
+            nid("203.0.113.10@tcp"),
+            PID_LUSTRE,
+            LnetType::Put,
+            index,
+            payload,
+        )
+    }
+
+    #[test]
+    fn connreqs_round_trip_in_both_byte_orders() {
+        let (mut a, mut b) = pair(0);
+        for (large, endian) in [
+            (false, Endian::Little),
+            (false, Endian::Big),
+            (true, Endian::Little),
+        ] {
+            a.send_connreq(nid("203.0.113.10@tcp"), large, endian)
+                .expect("send");
+            let req = b.recv_connreq().expect("recv");
+            assert_eq!(req.nid, nid("203.0.113.10@tcp"));
+            assert_eq!(req.version, if large { 2 } else { 1 });
+        }
+    }
+
+    #[test]
+    fn a_bad_connreq_magic_is_refused() {
+        let (mut a, mut b) = pair(0);
+        a.send(&[0x63, 0x69, 0x72, 0x45, 3, 0, 0, 0]).expect("send");
+        assert!(b.recv_connreq().is_err());
+    }
+
+    #[test]
+    fn the_connreq_matches_the_spec_vector() {
+        let (mut a, mut b) = pair(0);
+        a.send_connreq(nid("203.0.113.10@tcp"), false, Endian::Little)
+            .expect("send");
+        let want = [
+            0x00, 0x71, 0xce, 0xac, 0x01, 0, 0, 0, 0x0a, 0x71, 0x00, 0xcb, 0, 0, 2, 0,
+        ];
+        assert_eq!(b.recv(want.len()).expect("recv"), want);
+    }
+
+    #[test]
+    fn hellos_of_every_version_round_trip() {
+        let (mut a, mut b) = pair(5);
+        for (proto, endian) in [
+            (Proto::V1, Endian::Little),
+            (Proto::V2, Endian::Little),
+            (Proto::V3, Endian::Little),
+            (Proto::V3, Endian::Big),
+            (Proto::V4, Endian::Little),
+        ] {
+            let v1 = proto == Proto::V1;
+            let hello = Hello {
+                proto,
+                src_nid: nid("203.0.113.10@tcp"),
+                dst_nid: if v1 { Nid::ANY } else { nid("203.0.113.1@tcp") },
+                src_pid: PID_LUSTRE,
+                dst_pid: if v1 { 0 } else { PID_USERFLAG | 40001 },
+                src_incarnation: 0x18eb_1e4a_1718_418d,
+                dst_incarnation: 0,
+                ctype: 1,
+                nips: 0,
+            };
+            a.send_hello(&hello, endian).expect("send");
+            assert_eq!(b.recv_hello().expect("recv"), (hello, endian), "{proto:?}");
+        }
+    }
+
+    #[test]
+    fn lnet_messages_and_noops_round_trip() {
+        let (mut a, mut b) = pair(7);
+        for (proto, endian, csum) in [
+            (Proto::V1, Endian::Little, false),
+            (Proto::V2, Endian::Little, true),
+            (Proto::V2, Endian::Big, true),
+            (Proto::V3, Endian::Little, false),
+            (Proto::V4, Endian::Little, false),
+        ] {
+            for (index, len) in [(0u64, 0u32), (1, 1), (2, 333)] {
+                let body: Vec<u8> = (0..len).map(|i| i as u8 ^ index as u8).collect();
+                let hdr = put(index, len);
+                a.send_lnet(proto, endian, hdr, body.clone(), csum)
+                    .expect("send");
+                match b.recv_msg(proto, endian).expect("recv") {
+                    Msg::Lnet { hdr: got, payload } => {
+                        assert_eq!(got, hdr, "{proto:?}");
+                        assert_eq!(index_of(&got), index);
+                        assert_eq!(payload, body);
+                    }
+                    Msg::Noop => panic!("a NOOP instead of a PUT"),
+                }
+            }
+            if proto != Proto::V1 {
+                a.send(&encode_noop(proto, endian)).expect("send");
+                assert!(matches!(b.recv_msg(proto, endian), Ok(Msg::Noop)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_size_put_round_trips() {
+        let (mut a, mut b) = pair(0);
+        let body = vec![0x5a; wire::LNET_MTU as usize];
+        let sent = body.clone();
+        let writer = std::thread::spawn(move || {
+            a.send_lnet(
+                Proto::V2,
+                Endian::Little,
+                put(9, wire::LNET_MTU),
+                sent,
+                true,
+            )
+            .expect("send");
+        });
+        let Msg::Lnet { payload, .. } = b.recv_msg(Proto::V2, Endian::Little).expect("recv") else {
+            panic!("a NOOP instead of a PUT");
+        };
+        writer.join().expect("writer");
+        assert_eq!(payload, body);
+    }
+
+    #[test]
+    fn a_wrong_checksum_is_a_checksum_error() {
+        let (mut a, mut b) = pair(0);
+        let mut msg = encode_lnet(Proto::V2, Endian::Little, put(3, 8), vec![1; 8], true);
+        let last = msg.len() - 1;
+        msg[last] ^= 1;
+        a.send(&msg).expect("send");
+        let e = b
+            .recv_msg(Proto::V2, Endian::Little)
+            .expect_err("corruption undetected");
+        assert!(e.downcast_ref::<ChecksumError>().is_some(), "{e:#}");
+        assert!(format!("{e}").starts_with("Checksum error"));
+    }
+
+    #[test]
+    fn an_oversized_payload_is_refused() {
+        let (mut a, mut b) = pair(0);
+        a.send(&encode_lnet(
+            Proto::V3,
+            Endian::Little,
+            put(0, 0),
+            Vec::new(),
+            false,
+        ))
+        .expect("send");
+        assert!(b.recv_msg(Proto::V3, Endian::Little).is_ok());
+        let mut msg = encode_lnet(Proto::V3, Endian::Little, put(0, 0), Vec::new(), false);
+        let at = wire::ksock::LEN + wire::LnetHdrLayout::NID4.payload_length;
+        Endian::Little.put_u32(&mut msg, at, wire::LNET_MTU + 1);
+        a.send(&msg).expect("send");
+        assert!(b.recv_msg(Proto::V3, Endian::Little).is_err());
+    }
+
+    /// The PUT of lnet-wire.md's test vectors, up to the union, then its match bits and payload.
+    #[test]
+    fn the_put_matches_the_spec_vector() {
+        let hdr = header(
+            nid("203.0.113.1@tcp"),
+            0x8000_9c41,
+            nid("203.0.113.10@tcp"),
+            PID_LUSTRE,
+            LnetType::Put,
+            0x1122_3344_5566_7788,
+            16,
+        );
+        let msg = encode_lnet(Proto::V3, Endian::Little, hdr, (0..16).collect(), false);
+        let head: [u8; 56] = [
+            0xc1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+            0x01, 0x71, 0x00, 0xcb, 0, 0, 2, 0, 0x0a, 0x71, 0x00, 0xcb, 0, 0, 2, 0, //
+            0x41, 0x9c, 0x00, 0x80, 0x39, 0x30, 0, 0, 1, 0, 0, 0, 0x10, 0, 0, 0,
+        ];
+        let layout = wire::LnetHdrLayout::NID4;
+        let body = wire::ksock::LEN + layout.body;
+        assert_eq!(msg.len(), wire::ksock::LEN + layout.len + 16);
+        assert_eq!(msg[..body], head);
+        assert_eq!(
+            msg[body + MATCH_BITS..body + MATCH_BITS + 8],
+            [0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]
+        );
+        assert_eq!(
+            msg[wire::ksock::LEN + layout.len..],
+            (0..16).collect::<Vec<u8>>()
+        );
+    }
 }

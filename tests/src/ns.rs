@@ -77,6 +77,23 @@ impl Netns {
         })
     }
 
+    /// Waits until something in the namespace listens on TCP `port`, so a client started next
+    /// is not refused by a server still starting.
+    pub fn wait_listening(&self, port: u16, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let filter = format!("sport = :{port}");
+        while self.run(&["ss", "-Hltn", &filter])?.trim().is_empty() {
+            if Instant::now() >= deadline {
+                bail!(
+                    "nothing listens on port {port} in {} after {timeout:?}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// The absolute value of a kernel SNMP counter (e.g. `TcpInCsumErrors`) in the namespace.
     pub fn nstat(&self, counter: &str) -> anyhow::Result<u64> {
         let out = self.run(&["nstat", "-azs", counter])?;

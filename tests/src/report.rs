@@ -16,6 +16,9 @@ pub struct Put {
 /// What the client saw.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct ClientReport {
+    /// Always `client`: tells the two reports apart in a log.
+    #[serde(default)]
+    pub role: String,
     /// `ok`, `rejected`, `refused`, `timeout` or `error`.
     pub status: String,
     /// Why, when not ok: the kernel-style message.
@@ -52,6 +55,9 @@ pub struct ServedConn {
 /// What the server did.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct ServerReport {
+    /// Always `server`: tells the two reports apart in a log.
+    #[serde(default)]
+    pub role: String,
     /// Every accepted connection.
     pub connections: Vec<ServedConn>,
 }

@@ -63,10 +63,16 @@ pub struct ServerOpts {
 /// PUTs each peer NID has acknowledged, across its connections.
 type Acked = Arc<Mutex<BTreeMap<Nid, BTreeSet<u64>>>>;
 
-/// Serves `opts.conns` connections, one thread each, and reports them.
+/// Listens on `opts.listen` and serves `opts.conns` connections, one thread each.
 pub fn serve(opts: &ServerOpts) -> anyhow::Result<ServerReport> {
     let listener =
         TcpListener::bind(opts.listen).with_context(|| format!("listening on {}", opts.listen))?;
+    serve_on(listener, opts)
+}
+
+/// Serves `opts.conns` connections from a listener bound by the caller (a test binds port 0
+/// and learns the port before any client dials), and reports them.
+pub fn serve_on(listener: TcpListener, opts: &ServerOpts) -> anyhow::Result<ServerReport> {
     let acked: Acked = Arc::default();
     let mut threads = Vec::new();
     for _ in 0..opts.conns {
@@ -89,7 +95,10 @@ pub fn serve(opts: &ServerOpts) -> anyhow::Result<ServerReport> {
         .into_iter()
         .map(|t| t.join().unwrap_or_default())
         .collect();
-    Ok(ServerReport { connections })
+    Ok(ServerReport {
+        role: "server".into(),
+        connections,
+    })
 }
 
 fn refuse(conn: &mut ServedConn, why: String) -> anyhow::Result<()> {
@@ -233,5 +242,155 @@ fn read_acks(stream: TcpStream, proto: Proto, endian: Endian, peer: Nid, acked: 
         {
             a.entry(peer).or_default().insert(lnet::index_of(&hdr));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{self, ClientOpts};
+
+    fn nid(s: &str) -> Nid {
+        s.parse().expect("nid")
+    }
+
+    /// Server options for `puts` PUTs on loopback.
+    fn opts(accept: Accept, puts: u64, sizes: Sizes) -> ServerOpts {
+        ServerOpts {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            nid: nid("127.0.0.1@tcp"),
+            accept,
+            puts,
+            seed: 11,
+            sizes,
+            csum: true,
+            noop_every: 3,
+            chunk_max: 0,
+            batch: 1,
+            pace: Duration::ZERO,
+            conns: 1,
+            hold: Duration::from_secs(10),
+        }
+    }
+
+    /// Runs the server in a thread and a client with NID `client_nid` against it.
+    fn exchange(
+        server: ServerOpts,
+        client_nid: &str,
+        proto: Proto,
+    ) -> (crate::report::ClientReport, ServerReport) {
+        let listener = TcpListener::bind(server.listen).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let expect = server.puts;
+        let nid = server.nid;
+        let t = std::thread::spawn(move || serve_on(listener, &server).expect("serve"));
+        let report = client::run(&ClientOpts {
+            server: addr,
+            server_nid: nid,
+            nid: client_nid.parse().expect("nid"),
+            proto,
+            endian: Endian::Little,
+            ctype: 2,
+            expect,
+            timeout: Duration::from_secs(20),
+            reconnects: 0,
+            src_port: Some(0),
+        });
+        (report, t.join().expect("server thread"))
+    }
+
+    /// A client from an unreserved port is a userspace peer, named by its socket address: here
+    /// 127.0.0.1@tcp, which it is, so it takes every PUT.
+    #[test]
+    fn a_userspace_peer_named_by_its_address_receives_everything() {
+        for proto in [Proto::V1, Proto::V2, Proto::V3, Proto::V4] {
+            let (client, served) = exchange(
+                opts(Accept::All, 12, Sizes::List(vec![0, 1, 4096, 70_001])),
+                "127.0.0.1@tcp",
+                proto,
+            );
+            assert_eq!(client.status, "ok", "{proto:?}: {}", client.reason);
+            assert_eq!(client.role, "client");
+            assert_eq!(served.role, "server");
+            let conn = &served.connections[0];
+            assert_eq!(conn.refused, None);
+            assert_eq!(conn.proto, proto as u8);
+            assert_eq!(conn.peer_nid, "127.0.0.1@tcp");
+            assert_eq!(
+                conn.peer_pid,
+                wire::PID_USERFLAG | u32::from(client.local_port)
+            );
+            // A V1 HELLO has no dst_nid.
+            let dst = if proto == Proto::V1 {
+                "<?>"
+            } else {
+                "127.0.0.1@tcp"
+            };
+            assert_eq!(client.server_hello_dst_nid, dst);
+            assert_eq!(client.received, conn.sent);
+            assert_eq!(conn.sent.len(), 12);
+        }
+    }
+
+    /// The same peer claiming another NID is addressed by its socket address anyway, and
+    /// refuses what it receives: the NAT case.
+    #[test]
+    fn a_userspace_peer_with_another_nid_rejects_the_puts() {
+        let (client, served) = exchange(
+            opts(Accept::All, 3, Sizes::Small),
+            "198.51.100.2@tcp",
+            Proto::V3,
+        );
+        assert_eq!(client.status, "rejected");
+        assert!(
+            client.reason.contains("Bad dest nid 127.0.0.1@tcp"),
+            "{}",
+            client.reason
+        );
+        assert_eq!(client.server_hello_dst_nid, "127.0.0.1@tcp");
+        assert_eq!(served.connections[0].peer_nid, "127.0.0.1@tcp");
+    }
+
+    #[test]
+    fn the_secure_acceptor_refuses_unreserved_ports() {
+        let (client, served) = exchange(
+            opts(Accept::Secure, 3, Sizes::Zero),
+            "127.0.0.1@tcp",
+            Proto::V3,
+        );
+        assert_eq!(client.status, "refused", "{}", client.reason);
+        let why = served.connections[0].refused.clone().unwrap_or_default();
+        assert!(
+            why.starts_with("Refusing connection from 127.0.0.1: insecure port"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_acceptor_refuses_a_request_for_another_nid() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let t = std::thread::spawn(move || {
+            serve_on(listener, &opts(Accept::All, 1, Sizes::Zero)).expect("serve")
+        });
+        let client = client::run(&ClientOpts {
+            server: addr,
+            server_nid: nid("127.0.0.2@tcp"),
+            nid: nid("127.0.0.1@tcp"),
+            proto: Proto::V3,
+            endian: Endian::Big,
+            ctype: 1,
+            expect: 1,
+            timeout: Duration::from_secs(10),
+            reconnects: 0,
+            src_port: Some(0),
+        });
+        let served = t.join().expect("server thread");
+        assert_eq!(client.status, "refused", "{}", client.reason);
+        let why = served.connections[0].refused.clone().unwrap_or_default();
+        assert_eq!(
+            why,
+            "Refusing connection from 127.0.0.1 for 127.0.0.2@tcp: No matching NI"
+        );
     }
 }

@@ -176,13 +176,7 @@ impl Topology {
             t.router
                 .run(&["ethtool", "-K", "in0", "tso", "off", "gso", "off"])?;
         }
-        t.client.run(&[
-            "ethtool",
-            "-K",
-            "eth0",
-            "gro",
-            if opts.gro { "on" } else { "off" },
-        ])?;
+        t.set_gro(opts.gro)?;
         let rules = match opts.nat {
             NatMode::HighPort => format!(
                 "oifname \"out0\" ip saddr 198.51.100.0/24 meta l4proto tcp snat to {NAT}:40000-49999\n\
@@ -204,6 +198,21 @@ impl Topology {
             loaded.context("loading the NAT rules")?;
         }
         Ok(t)
+    }
+
+    /// Turns GRO on the client's `eth0` on or off: whether the client's stack, and a program on
+    /// its ingress, sees the server's segments coalesced.
+    pub fn set_gro(&self, on: bool) -> anyhow::Result<()> {
+        self.client
+            .run(&[
+                "ethtool",
+                "-K",
+                "eth0",
+                "gro",
+                if on { "on" } else { "off" },
+            ])
+            .map(drop)
+            .context("setting GRO on the client's eth0")
     }
 
     /// The LNet client's namespace (interface `eth0`).

@@ -79,3 +79,71 @@ pub fn digest(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_payloads_depend_only_on_seed_and_index() {
+        for sizes in [Sizes::Mixed, Sizes::Small, Sizes::Zero] {
+            for index in 0..100 {
+                let n = size(&sizes, 7, index);
+                assert_eq!(n, size(&sizes, 7, index));
+                let p = payload(7, index, n);
+                assert_eq!(p.len(), n as usize);
+                assert_eq!(p, payload(7, index, n));
+            }
+        }
+        assert_ne!(payload(7, 3, 64), payload(8, 3, 64));
+        assert_ne!(payload(7, 3, 64), payload(7, 4, 64));
+        // A shorter payload is a prefix of a longer one: only its size differs.
+        assert_eq!(payload(7, 3, 5), payload(7, 3, 64)[..5]);
+    }
+
+    #[test]
+    fn mixed_sizes_cover_the_edges() {
+        let sizes: Vec<u32> = (0..50).map(|i| size(&Sizes::Mixed, 1, i)).collect();
+        assert!(sizes.contains(&0));
+        assert!(sizes.contains(&4096));
+        assert!(sizes.contains(&LNET_MTU));
+        assert!(sizes.iter().any(|n| n % 2 == 1 && *n < 1000));
+        assert!(sizes.iter().any(|n| *n > 65536 && *n < LNET_MTU));
+        assert!(sizes.iter().all(|n| *n <= LNET_MTU));
+    }
+
+    #[test]
+    fn small_zero_and_listed_sizes() {
+        assert!((0..200).all(|i| size(&Sizes::Small, 3, i) <= 300));
+        assert!((0..200).all(|i| size(&Sizes::Zero, 3, i) == 0));
+        let list = Sizes::List(vec![5, 0, 4096]);
+        let got: Vec<u32> = (0..6).map(|i| size(&list, 3, i)).collect();
+        assert_eq!(got, [5, 0, 4096, 5, 0, 4096]);
+    }
+
+    #[test]
+    fn sizes_parse_from_the_command_line() {
+        assert_eq!("mixed".parse(), Ok(Sizes::Mixed));
+        assert_eq!("zero".parse(), Ok(Sizes::Zero));
+        assert_eq!("small".parse(), Ok(Sizes::Small));
+        assert_eq!(
+            "0, 17,1048576".parse(),
+            Ok(Sizes::List(vec![0, 17, LNET_MTU]))
+        );
+        for bad in ["", "big", "1,,2", "-1", "1048577"] {
+            assert!(bad.parse::<Sizes>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn digest_is_sha256_hex() {
+        assert_eq!(
+            digest(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            digest(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

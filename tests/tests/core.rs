@@ -321,6 +321,14 @@ fn attach_shows_the_mapping_then_leaves_nothing_behind() {
     );
     let (client, _) = exchange(&t, 5, "mixed", &[], &[]);
     assert_eq!(client.status, "ok", "{}", client.reason);
+    // The verifier's budget is 1,000,000 processed instructions: keep a margin for what comes.
+    let verified = lnat.status().expect("status")["verified_insns"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    assert!(
+        verified < 750_000,
+        "the datapath costs the verifier {verified} instructions"
+    );
     // bpftool reads the BTF-typed, pinned map: the learned NID by field name.
     let dump = host
         .run(&[

@@ -1,0 +1,180 @@
+//! A bad network between two interfaces: frames are forwarded with AF_PACKET sockets and, one
+//! way, dropped, held back (reordered) or duplicated with seeded probabilities. The kernel here
+//! has no netem; this does the part of netem the tests need.
+
+use std::{
+    collections::VecDeque,
+    ffi::CString,
+    io,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use lnat_common::testkit::Rng;
+use serde::{Deserialize, Serialize};
+
+/// What to do to frames going from `a` to `b`, in percent per frame.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Weather {
+    /// Frames dropped.
+    pub drop: u64,
+    /// Frames held back and sent after up to three later frames (or 2 ms).
+    pub hold: u64,
+    /// Frames sent twice.
+    pub dup: u64,
+    /// Seed of the decisions.
+    pub seed: u64,
+}
+
+/// What the bridge did, for the test to report.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Tally {
+    /// Frames forwarded a to b.
+    pub forwarded: u64,
+    /// Frames dropped.
+    pub dropped: u64,
+    /// Frames held back.
+    pub held: u64,
+    /// Frames duplicated.
+    pub duplicated: u64,
+}
+
+const ETH_P_ALL: u16 = 0x0003;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+
+/// A raw socket on one interface.
+struct Port {
+    fd: libc::c_int,
+}
+
+impl Port {
+    fn open(dev: &str) -> anyhow::Result<Port> {
+        let name = CString::new(dev).context("interface name")?;
+        // SAFETY: plain socket calls on values we own.
+        unsafe {
+            let index = libc::if_nametoindex(name.as_ptr());
+            if index == 0 {
+                bail!("no interface {dev}");
+            }
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+                (ETH_P_ALL.to_be()) as i32,
+            );
+            if fd < 0 {
+                return Err(io::Error::last_os_error()).context("AF_PACKET socket");
+            }
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                PACKET_IGNORE_OUTGOING,
+                (&raw const one).cast(),
+                4,
+            );
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = ETH_P_ALL.to_be();
+            sll.sll_ifindex = index as i32;
+            if libc::bind(
+                fd,
+                (&raw const sll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error())
+                    .with_context(|| format!("binding to {dev}"));
+            }
+            Ok(Port { fd })
+        }
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> Option<usize> {
+        // SAFETY: reads into `buf`.
+        let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n > 0).then_some(n as usize)
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: writes from `frame`; a full queue just loses the frame, like a wire.
+        unsafe { libc::send(self.fd, frame.as_ptr().cast(), frame.len(), 0) };
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        // SAFETY: our fd.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// Forwards between `a` and `b` until `stop` returns true, impairing `a` to `b` per `w`.
+pub fn run(
+    a: &str,
+    b: &str,
+    w: Weather,
+    mut stop: impl FnMut(&Tally) -> bool,
+) -> anyhow::Result<Tally> {
+    let (pa, pb) = (Port::open(a)?, Port::open(b)?);
+    let mut rng = Rng::new(w.seed);
+    let mut tally = Tally::default();
+    let mut held: VecDeque<(Vec<u8>, u32, Instant)> = VecDeque::new();
+    let mut buf = vec![0u8; 65536];
+    let mut fds = [
+        libc::pollfd {
+            fd: pa.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: pb.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    while !stop(&tally) {
+        // SAFETY: polls our two fds.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, 1) };
+        // b to a: untouched (ACKs and the client's requests).
+        while let Some(n) = pb.recv(&mut buf) {
+            pa.send(&buf[..n]);
+        }
+        while let Some(n) = pa.recv(&mut buf) {
+            let frame = &buf[..n];
+            tally.forwarded += 1;
+            if rng.chance(w.drop) {
+                tally.dropped += 1;
+            } else if rng.chance(w.hold) {
+                tally.held += 1;
+                held.push_back((frame.to_vec(), 1 + rng.below(3) as u32, Instant::now()));
+                continue;
+            } else {
+                pb.send(frame);
+                if rng.chance(w.dup) {
+                    tally.duplicated += 1;
+                    pb.send(frame);
+                }
+            }
+            // Every frame that passes brings held frames closer to release.
+            for h in &mut held {
+                h.1 = h.1.saturating_sub(1);
+            }
+            release(&pb, &mut held, false);
+        }
+        release(&pb, &mut held, true);
+    }
+    release(&pb, &mut held, true);
+    Ok(tally)
+}
+
+/// Sends held frames that are due: overtaken by enough frames, or held for 2 ms.
+fn release(port: &Port, held: &mut VecDeque<(Vec<u8>, u32, Instant)>, by_time: bool) {
+    let now = Instant::now();
+    held.retain(|(frame, left, since)| {
+        let due = *left == 0 || (by_time && now.duration_since(*since) >= Duration::from_millis(2));
+        if due {
+            port.send(frame);
+        }
+        !due
+    });
+}
