@@ -19,6 +19,8 @@ pub mod tracker;
 pub mod wire;
 
 #[cfg(any(test, feature = "std"))]
+pub mod frames;
+#[cfg(any(test, feature = "std"))]
 pub mod reference;
 #[cfg(any(test, feature = "std"))]
 pub mod testkit;

@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use lnat_common::{
+    frames::{self, ACK, SYN, Tcp4},
     nid::Nid,
     segment,
     testkit::{MapEnv, VecPacket},
@@ -23,54 +24,27 @@ struct Seg {
     payload: Vec<u8>,
 }
 
-fn u16be(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-/// The TCP segments of a little-endian, microsecond, Ethernet pcap file.
+/// The TCP segments of a capture in `tests/captures/`.
 fn read_pcap(name: &str) -> Vec<Seg> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/captures")
         .join(name);
-    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(
-        &data[..4],
-        &[0xd4, 0xc3, 0xb2, 0xa1],
-        "not a little-endian pcap"
-    );
-    assert_eq!(
-        u32::from_le_bytes(data[20..24].try_into().unwrap()),
-        1,
-        "not Ethernet"
-    );
-    let mut out = Vec::new();
-    let mut p = 24;
-    while p + 16 <= data.len() {
-        let caplen = u32::from_le_bytes(data[p + 8..p + 12].try_into().unwrap()) as usize;
-        let frame = &data[p + 16..p + 16 + caplen];
-        p += 16 + caplen;
-        if u16be(frame, 12) != 0x0800 || frame[14 + 9] != 6 {
-            continue;
-        }
-        let ip = &frame[14..];
-        let ihl = (ip[0] & 0xf) as usize * 4;
-        let tot = u16be(ip, 2) as usize;
-        let tcp = &ip[ihl..tot];
-        let thl = (tcp[12] >> 4) as usize * 4;
-        out.push(Seg {
-            dst: ip[16..20].try_into().unwrap(),
-            sport: u16be(tcp, 0),
-            dport: u16be(tcp, 2),
-            seq: u32::from_be_bytes(tcp[4..8].try_into().unwrap()),
-            flags: tcp[13],
-            payload: tcp[thl..].to_vec(),
-        });
-    }
-    out
+    let frames = frames::read_pcap(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    frames
+        .iter()
+        .filter_map(|f| {
+            let t = Tcp4::parse(f)?;
+            Some(Seg {
+                dst: t.dst,
+                sport: t.sport,
+                dport: t.dport,
+                seq: t.seq,
+                flags: t.flags,
+                payload: t.payload(f).to_vec(),
+            })
+        })
+        .collect()
 }
-
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
 
 /// Replays the segments from port 988 to `client`, one tracker per connection (a SYN-ACK starts
 /// a new one, as in the datapath), and returns each data segment as passed.

@@ -195,10 +195,29 @@ pub struct Maps {
 impl Maps {
     /// Opens the maps pinned for `iface`.
     pub fn pinned(iface: &str) -> anyhow::Result<Maps> {
-        let config = Map::Array(pins::open(iface, names::CONFIG)?);
-        let mappings = Map::HashMap(pins::open(iface, names::MAPPINGS)?);
-        let flows = Map::LruHashMap(pins::open(iface, names::FLOWS)?);
-        let counters = Map::PerCpuArray(pins::open(iface, names::COUNTERS)?);
+        Maps::typed(
+            Map::Array(pins::open(iface, names::CONFIG)?),
+            Map::HashMap(pins::open(iface, names::MAPPINGS)?),
+            Map::LruHashMap(pins::open(iface, names::FLOWS)?),
+            Map::PerCpuArray(pins::open(iface, names::COUNTERS)?),
+        )
+    }
+
+    /// Takes the maps out of a loaded object that is not pinned (a test-run of the program).
+    pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Maps> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the datapath has no map {name}"))
+        };
+        Maps::typed(
+            take(names::CONFIG)?,
+            take(names::MAPPINGS)?,
+            take(names::FLOWS)?,
+            take(names::COUNTERS)?,
+        )
+    }
+
+    fn typed(config: Map, mappings: Map, flows: Map, counters: Map) -> anyhow::Result<Maps> {
         Ok(Maps {
             config: config
                 .try_into()

@@ -168,6 +168,47 @@ pub fn run(opts: &ClientOpts) -> ClientReport {
     report
 }
 
+/// Runs `n` clients at once (each its own connections), and reports them together: ok when
+/// all are, with every PUT any of them received (they receive the same ones).
+pub fn run_many(opts: &ClientOpts, n: usize) -> ClientReport {
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let o = opts.clone();
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || run(&o))
+        })
+        .collect();
+    let mut all = ClientReport {
+        role: "client".into(),
+        status: "ok".into(),
+        ..ClientReport::default()
+    };
+    let mut received: BTreeMap<u64, Put> = BTreeMap::new();
+    for t in threads {
+        let r = match t.map(|h| h.join()) {
+            Ok(Ok(r)) => r,
+            _ => ClientReport {
+                status: "error".into(),
+                reason: "a client thread failed".into(),
+                ..ClientReport::default()
+            },
+        };
+        all.connections += r.connections;
+        all.failures += r.failures;
+        if r.status == "ok" {
+            all.sessions_ok += 1;
+        } else if all.status == "ok" {
+            all.status = r.status;
+            all.reason = r.reason;
+        }
+        all.server_hello_dst_nid = r.server_hello_dst_nid;
+        received.extend(r.received.into_iter().map(|p| (p.index, p)));
+    }
+    all.received = received.into_values().collect();
+    all
+}
+
 /// Connects from a reserved port, 1023 down to 512, as `lnet_connect` does.
 fn connect(opts: &ClientOpts) -> anyhow::Result<TcpStream> {
     let ports: Vec<u16> = match opts.src_port {

@@ -293,3 +293,46 @@ pub fn client(ns: &Netns, args: &[&str], timeout: Duration) -> anyhow::Result<Cl
         )
     })
 }
+
+/// Runs one exchange: `lnet-peer server ARGS` in `server_ns` (waiting until it listens on 988),
+/// `lnet-peer client ARGS` in `client_ns` to its end, then the server to its end.
+pub fn exchange(
+    server_ns: &Netns,
+    client_ns: &Netns,
+    server_args: &[&str],
+    client_args: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<(ClientReport, ServerReport)> {
+    let s = server(server_ns, server_args)?;
+    server_ns.wait_listening(crate::topology::ACCEPTOR_PORT, Duration::from_secs(10))?;
+    let c = client(client_ns, client_args, timeout)?;
+    let r = server_report(s, timeout)?;
+    Ok((c, r))
+}
+
+/// Checks that the client received exactly what the server sent, byte for byte (by digest):
+/// `puts` distinct PUTs, none missing, none altered.
+pub fn check_intact(
+    client: &ClientReport,
+    served: &ServerReport,
+    puts: usize,
+) -> anyhow::Result<()> {
+    if client.status != "ok" {
+        bail!("client {}: {}", client.status, client.reason);
+    }
+    let mut sent: Vec<_> = served
+        .connections
+        .iter()
+        .flat_map(|c| c.sent.clone())
+        .collect();
+    sent.sort();
+    sent.dedup();
+    if sent.len() != puts {
+        bail!("the server sent {} distinct PUTs, not {puts}", sent.len());
+    }
+    if client.received != sent {
+        let bad = client.received.iter().zip(&sent).find(|(a, b)| a != b);
+        bail!("payload digests differ: first difference {bad:?}");
+    }
+    Ok(())
+}

@@ -37,10 +37,22 @@ pub struct Tally {
     pub held: u64,
     /// Frames duplicated.
     pub duplicated: u64,
+    /// Frames lost by the bridge itself (its socket overflowed, or the far side stayed full):
+    /// loss on top of `dropped` that a test's figures must not hide.
+    pub overflowed: u64,
 }
 
 const ETH_P_ALL: u16 = 0x0003;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_STATISTICS: libc::c_int = 6;
+
+/// Receive buffer of each bridge socket: a burst of 64 KiB GSO packets must fit while the
+/// bridge is busy sending.
+const RCVBUF: libc::c_int = 32 << 20;
+
+/// Times a frame is offered again while the far side's queue is full, yielding in between, as
+/// a wire's buffer would hold it.
+const SEND_TRIES: u32 = 2000;
 
 /// A raw socket on one interface.
 struct Port {
@@ -72,6 +84,14 @@ impl Port {
                 (&raw const one).cast(),
                 4,
             );
+            let rcvbuf = RCVBUF;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const rcvbuf).cast(),
+                4,
+            );
             let mut sll: libc::sockaddr_ll = std::mem::zeroed();
             sll.sll_family = libc::AF_PACKET as u16;
             sll.sll_protocol = ETH_P_ALL.to_be();
@@ -95,9 +115,37 @@ impl Port {
         (n > 0).then_some(n as usize)
     }
 
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: writes from `frame`; a full queue just loses the frame, like a wire.
-        unsafe { libc::send(self.fd, frame.as_ptr().cast(), frame.len(), 0) };
+    /// Sends `frame`, waiting out a full queue for a while; false if it was lost anyway.
+    fn send(&self, frame: &[u8]) -> bool {
+        for _ in 0..SEND_TRIES {
+            // SAFETY: writes from `frame`.
+            let n = unsafe { libc::send(self.fd, frame.as_ptr().cast(), frame.len(), 0) };
+            if n >= 0 {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    /// Frames the kernel dropped because this socket's buffer was full.
+    fn overflowed(&self) -> u64 {
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: reads the statistics into `st`.
+        let ok = unsafe {
+            libc::getsockopt(
+                self.fd,
+                libc::SOL_PACKET,
+                PACKET_STATISTICS,
+                (&raw mut st).cast(),
+                &raw mut len,
+            )
+        } == 0;
+        if ok { u64::from(st.tp_drops) } else { 0 }
     }
 }
 
@@ -137,7 +185,9 @@ pub fn run(
         unsafe { libc::poll(fds.as_mut_ptr(), 2, 1) };
         // b to a: untouched (ACKs and the client's requests).
         while let Some(n) = pb.recv(&mut buf) {
-            pa.send(&buf[..n]);
+            if !pa.send(&buf[..n]) {
+                tally.overflowed += 1;
+            }
         }
         while let Some(n) = pa.recv(&mut buf) {
             let frame = &buf[..n];
@@ -149,31 +199,41 @@ pub fn run(
                 held.push_back((frame.to_vec(), 1 + rng.below(3) as u32, Instant::now()));
                 continue;
             } else {
-                pb.send(frame);
+                if !pb.send(frame) {
+                    tally.overflowed += 1;
+                }
                 if rng.chance(w.dup) {
                     tally.duplicated += 1;
-                    pb.send(frame);
+                    if !pb.send(frame) {
+                        tally.overflowed += 1;
+                    }
                 }
             }
             // Every frame that passes brings held frames closer to release.
             for h in &mut held {
                 h.1 = h.1.saturating_sub(1);
             }
-            release(&pb, &mut held, false);
+            release(&pb, &mut held, false, &mut tally);
         }
-        release(&pb, &mut held, true);
+        release(&pb, &mut held, true, &mut tally);
     }
-    release(&pb, &mut held, true);
+    release(&pb, &mut held, true, &mut tally);
+    tally.overflowed += pa.overflowed() + pb.overflowed();
     Ok(tally)
 }
 
 /// Sends held frames that are due: overtaken by enough frames, or held for 2 ms.
-fn release(port: &Port, held: &mut VecDeque<(Vec<u8>, u32, Instant)>, by_time: bool) {
+fn release(
+    port: &Port,
+    held: &mut VecDeque<(Vec<u8>, u32, Instant)>,
+    by_time: bool,
+    tally: &mut Tally,
+) {
     let now = Instant::now();
     held.retain(|(frame, left, since)| {
         let due = *left == 0 || (by_time && now.duration_since(*since) >= Duration::from_millis(2));
-        if due {
-            port.send(frame);
+        if due && !port.send(frame) {
+            tally.overflowed += 1;
         }
         !due
     });

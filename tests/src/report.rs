@@ -33,6 +33,9 @@ pub struct ClientReport {
     pub failures: u32,
     /// Distinct PUTs received, by index.
     pub received: Vec<Put>,
+    /// With several clients at once, how many finished ok.
+    #[serde(default)]
+    pub sessions_ok: u32,
 }
 
 /// One connection the server accepted.
@@ -48,6 +51,12 @@ pub struct ServedConn {
     pub proto: u8,
     /// Why the connection was refused, if it was.
     pub refused: Option<String>,
+    /// The dst_nid of the peer's HELLO: what the peer calls the server.
+    #[serde(default)]
+    pub hello_dst_nid: String,
+    /// Why the server dropped the connection over a message it received, if it did.
+    #[serde(default)]
+    pub rejected: Option<String>,
     /// PUTs sent.
     pub sent: Vec<Put>,
 }

@@ -58,7 +58,59 @@ pub struct ServerOpts {
     pub conns: u32,
     /// Longest to keep a connection once its PUTs are sent.
     pub hold: Duration,
+    /// The server's own byte order (None: the peer's).
+    pub endian: Option<Endian>,
+    /// Break the protocol this way after three good PUTs, then close.
+    pub corrupt: Option<Corrupt>,
+    /// Send with IPv4 options (four NOPs), so headers are 24 bytes.
+    pub ip_options: bool,
+    /// Clear DF, so routers with a smaller MTU fragment.
+    pub no_df: bool,
 }
+
+impl Default for ServerOpts {
+    fn default() -> Self {
+        ServerOpts {
+            listen: SocketAddr::from(([0, 0, 0, 0], wire::ACCEPTOR_PORT)),
+            nid: Nid::ANY,
+            accept: Accept::Secure,
+            puts: 10,
+            seed: 1,
+            sizes: Sizes::Mixed,
+            csum: false,
+            noop_every: 0,
+            chunk_max: 0,
+            batch: 1,
+            pace: Duration::ZERO,
+            conns: 1,
+            hold: Duration::from_secs(30),
+            endian: None,
+            corrupt: None,
+            ip_options: false,
+            no_df: false,
+        }
+    }
+}
+
+/// Ways to break the protocol, to show lnat gives up cleanly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Corrupt {
+    /// A HELLO with a bad magic.
+    HelloMagic,
+    /// A HELLO with an unknown version.
+    HelloVersion,
+    /// A socklnd message of an unknown type.
+    MsgType,
+    /// A PUT longer than LNet allows.
+    TooLong,
+    /// Half a message, then FIN.
+    Truncated,
+    /// Half a message, then RST.
+    Reset,
+}
+
+/// PUTs sent before a corruption.
+const GOOD_BEFORE_CORRUPT: u64 = 3;
 
 /// PUTs each peer NID has acknowledged, across its connections.
 type Acked = Arc<Mutex<BTreeMap<Nid, BTreeSet<u64>>>>;
@@ -139,7 +191,13 @@ fn handle(
             ),
         );
     }
-    let (hello, endian) = w.recv_hello()?;
+    set_socket_options(w.stream(), opts)?;
+    let (hello, peer_endian) = w.recv_hello()?;
+    let endian = opts.endian.unwrap_or(peer_endian);
+    conn.hello_dst_nid = hello.dst_nid.to_string();
+    // Each client gets its own payloads (two clients behind one NAT share a NID but not their
+    // HELLO's src_nid), the same on every connection it makes.
+    let seed = opts.seed ^ hello.src_nid.0.rotate_left(17);
     let IpAddr::V4(ip) = peer.ip() else {
         bail!("IPv6 peer")
     };
@@ -172,22 +230,39 @@ fn handle(
         ctype,
         nips: 0,
     };
+    if let Some(c @ (Corrupt::HelloMagic | Corrupt::HelloVersion)) = opts.corrupt {
+        let mut b = vec![0u8; reply.wire_len()];
+        reply.encode(endian, &mut b);
+        let (at, v) = if c == Corrupt::HelloMagic {
+            (0, 0x1234_5678)
+        } else {
+            (4, 9)
+        };
+        endian.put_u32(&mut b, at, v);
+        w.send(&b)?;
+        return Ok(());
+    }
     w.send_hello(&reply, endian)?;
+    let client = hello.src_nid;
     let done: BTreeSet<u64> = acked
         .lock()
-        .map(|a| a.get(&peer_nid).cloned().unwrap_or_default())
+        .map(|a| a.get(&client).cloned().unwrap_or_default())
         .unwrap_or_default();
     let reader = {
         let stream = w.stream().try_clone().context("cloning the socket")?;
-        let (acked, proto) = (acked.clone(), hello.proto);
-        std::thread::spawn(move || read_acks(stream, proto, endian, peer_nid, &acked))
+        let (acked, proto, me) = (acked.clone(), hello.proto, opts.nid);
+        std::thread::spawn(move || read_acks(stream, proto, endian, client, me, &acked))
     };
     let csum = opts.csum && hello.proto == Proto::V2;
     let mut pending = Vec::new();
     let mut queued = 0;
     for index in (0..opts.puts).filter(|i| !done.contains(i)) {
-        let size = workload::size(&opts.sizes, opts.seed, index);
-        let payload = workload::payload(opts.seed, index, size);
+        if opts.corrupt.is_some() && conn.sent.len() as u64 == GOOD_BEFORE_CORRUPT {
+            let _ = w.send(&pending);
+            return corrupt(&mut w, opts, hello.proto, endian, peer_nid, peer_pid);
+        }
+        let size = workload::size(&opts.sizes, seed, index);
+        let payload = workload::payload(seed, index, size);
         let digest = workload::digest(&payload);
         let hdr = lnet::header(
             peer_nid,
@@ -226,23 +301,147 @@ fn handle(
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = w.stream().shutdown(std::net::Shutdown::Both);
-    let _ = reader.join();
+    if let Ok(Some(why)) = reader.join() {
+        conn.rejected = Some(why);
+    }
     Ok(())
 }
 
-/// Records the peer's ACKs until it closes.
-fn read_acks(stream: TcpStream, proto: Proto, endian: Endian, peer: Nid, acked: &Acked) {
-    let Ok(mut w) = Wire::new(stream, 0, 0) else {
-        return;
-    };
-    while let Ok(msg) = w.recv_msg(proto, endian) {
-        if let Msg::Lnet { hdr, .. } = msg
-            && hdr.msg_type == LnetType::Ack as u32
-            && let Ok(mut a) = acked.lock()
+/// IPv4 options and DF, as asked.
+fn set_socket_options(stream: &TcpStream, opts: &ServerOpts) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd = stream.as_raw_fd();
+    if opts.ip_options {
+        // Four NOPs: a legal, meaningless option list that makes every IP header 24 bytes.
+        let nops = [1u8, 1, 1, 1];
+        // SAFETY: setsockopt with a 4-byte buffer.
+        if unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_OPTIONS,
+                nops.as_ptr().cast(),
+                4,
+            )
+        } != 0
         {
-            a.entry(peer).or_default().insert(lnet::index_of(&hdr));
+            return Err(std::io::Error::last_os_error()).context("setting IP_OPTIONS");
         }
     }
+    if opts.no_df {
+        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+        // SAFETY: setsockopt with an int.
+        if unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&raw const dont).cast(),
+                4,
+            )
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error()).context("clearing DF");
+        }
+    }
+    Ok(())
+}
+
+/// Breaks the protocol as `opts.corrupt` says, then closes.
+fn corrupt(
+    w: &mut Wire,
+    opts: &ServerOpts,
+    proto: Proto,
+    endian: Endian,
+    peer: Nid,
+    peer_pid: u32,
+) -> anyhow::Result<()> {
+    let put = |len: u32| {
+        let hdr = lnet::header(
+            peer,
+            peer_pid,
+            opts.nid,
+            wire::PID_LUSTRE,
+            LnetType::Put,
+            99,
+            len,
+        );
+        lnet::encode_lnet(proto, endian, hdr, Vec::new(), false)
+    };
+    match opts.corrupt {
+        Some(Corrupt::MsgType) => {
+            let mut m = lnet::encode_noop(proto, endian);
+            endian.put_u32(&mut m, wire::ksock::TYPE, 0xc5);
+            w.send(&m)?;
+            w.send(&[0x5a; 200])?;
+        }
+        Some(Corrupt::TooLong) => {
+            let mut m = put(0);
+            let at = proto.ksock_len() + proto.lnet_hdr().payload_length;
+            endian.put_u32(&mut m, at, 2 * wire::LNET_MTU);
+            w.send(&m)?;
+            w.send(&[0x5a; 4096])?;
+        }
+        Some(Corrupt::Truncated) => {
+            w.send(&put(0)[..30])?;
+            w.stream()
+                .shutdown(std::net::Shutdown::Write)
+                .context("sending FIN")?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Some(Corrupt::Reset) => {
+            w.send(&put(0)[..30])?;
+            // SO_LINGER 0: close sends RST.
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: setsockopt with a linger struct.
+            unsafe {
+                libc::setsockopt(
+                    w.stream().as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    size_of::<libc::linger>() as u32,
+                )
+            };
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Records the peer's ACKs until it closes; returns why it rejected a message, if it did (the
+/// passive side of `lnet_parse`: a message for another NID on its net).
+fn read_acks(
+    stream: TcpStream,
+    proto: Proto,
+    endian: Endian,
+    client: Nid,
+    me: Nid,
+    acked: &Acked,
+) -> Option<String> {
+    let mut w = Wire::new(stream, 0, 0).ok()?;
+    while let Ok(msg) = w.recv_msg(proto, endian) {
+        let Msg::Lnet { hdr, .. } = msg else { continue };
+        if hdr.dest_nid != me {
+            let why = format!(
+                "lnet_parse(): src {}: Bad dest nid {} (should have been sent direct)",
+                hdr.src_nid, hdr.dest_nid
+            );
+            eprintln!("{why}");
+            let _ = w.stream().shutdown(std::net::Shutdown::Both);
+            return Some(why);
+        }
+        if hdr.msg_type == LnetType::Ack as u32
+            && let Ok(mut a) = acked.lock()
+        {
+            a.entry(client).or_default().insert(lnet::index_of(&hdr));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -270,6 +469,7 @@ mod tests {
             pace: Duration::ZERO,
             conns: 1,
             hold: Duration::from_secs(10),
+            ..ServerOpts::default()
         }
     }
 

@@ -1,31 +1,50 @@
-//! The world of the namespace tests: an LNet client, a NAT router and an LNet server.
+//! The world of the namespace tests: LNet clients, a NAT router and an LNet server.
 //!
 //! ```text
-//!  client 198.51.100.2 --- 198.51.100.1 router 203.0.113.1 --- 203.0.113.10 server
-//!         (eth0)              (in0)   NAT    (out0)               (eth0)
+//!  client 198.51.100.2 ---+                                  +--- server 203.0.113.10
+//!  (eth0)   [impairment]  +- br0 198.51.100.1  router  203.0.113.1 (out0) -+   (eth0, and .11,
+//!  client 198.51.100.3 ---+       (in0, in1, ...)   NAT                          .12 ... if asked)
 //! ```
 //! Only these documentation ranges are used, and only between namespaces this module creates.
+//! The router's client side is a bridge, so several clients can sit behind the one NAT; an
+//! impairment bridge (see [`crate::impair`]) can sit between the first client and the router.
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
-use crate::ns::{self, Netns};
+use crate::{
+    harness,
+    impair::Weather,
+    ns::{self, Netns, Proc},
+};
 
-/// The client's address.
+/// The first client's address.
 pub const CLIENT: &str = "198.51.100.2";
-/// The router's address on the client's side.
+/// The router's address on the clients' side.
 pub const ROUTER_IN: &str = "198.51.100.1";
 /// The NAT's public address.
 pub const NAT: &str = "203.0.113.1";
 /// The server's address.
 pub const SERVER: &str = "203.0.113.10";
-/// The client's NID.
+/// The first client's NID.
 pub const CLIENT_NID: &str = "198.51.100.2@tcp";
-/// The NID the server gives the client behind a port-remapping NAT.
+/// The NID the server gives a client behind a port-remapping NAT.
 pub const NAT_NID: &str = "203.0.113.1@tcp";
 /// The server's NID.
 pub const SERVER_NID: &str = "203.0.113.10@tcp";
+/// The LNet acceptor port.
+pub const ACCEPTOR_PORT: u16 = lnat_common::wire::ACCEPTOR_PORT;
 
-/// What the router does to the client's connections.
+/// Client `i`'s address (198.51.100.2, .3, ...).
+pub fn client_addr(i: usize) -> String {
+    format!("198.51.100.{}", 2 + i)
+}
+
+/// Server address `i` (203.0.113.10, .11, ...).
+pub fn server_addr(i: usize) -> String {
+    format!("203.0.113.{}", 10 + i)
+}
+
+/// What the router does to the clients' connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NatMode {
     /// Source NAT with every TCP source port remapped into 40000-49999: lnat's case.
@@ -41,34 +60,65 @@ pub enum NatMode {
 pub struct TopoOpts {
     /// The router's NAT.
     pub nat: NatMode,
-    /// MSS the client advertises: the server's segments carry at most this much payload (TSO
-    /// and GSO are then turned off on the way, so the client receives them as such).
+    /// Clients behind the NAT.
+    pub clients: usize,
+    /// Addresses the server listens on.
+    pub servers: usize,
+    /// MSS the clients advertise: the server's segments carry at most this much payload (TSO
+    /// and GSO are then turned off on the way, so the clients receive them as such).
     pub client_mss: Option<u16>,
-    /// GRO on the client's interface.
+    /// GRO on the clients' interfaces.
     pub gro: bool,
-    /// The router computes TCP checksums in software, so the client's kernel receives complete
-    /// checksums and verifies each one (a wrong rewrite shows in TcpInCsumErrors).
+    /// The router computes TCP checksums in software, so the clients' kernels receive complete
+    /// checksums and verify each one (a wrong rewrite shows in TcpInCsumErrors).
     pub full_csum: bool,
-    /// Steer each connection to one CPU on the client (RPS), as a NIC's RSS does. Without it,
-    /// veth delivers a connection's packets on whichever CPU sent them.
+    /// Steer each connection to one CPU (RPS) wherever packets are received, as a NIC's RSS
+    /// does. Without it, veth delivers a connection's packets on whichever CPU sent them.
     pub rss: bool,
+    /// A bad network between the first client and the router (frames server to client).
+    pub impair: Option<Weather>,
+    /// Percent of the server's LNet segments the router drops (nftables `numgen`).
+    pub router_drop: u64,
+    /// Percent of LNet segments the first client's stack drops after TC (nftables input).
+    pub post_tc_drop: u64,
+    /// MTU on the clients' side: with DF clear, the router fragments the server's packets.
+    pub client_mtu: Option<u32>,
+    /// BIG TCP: GSO and GRO packets up to this size (IPv4; Linux 6.3+).
+    pub big_tcp: Option<u32>,
+    /// The first client reaches the router over this VLAN: its address is on `eth0.VID`, and
+    /// the frames on `eth0` are tagged.
+    pub vlan: Option<u16>,
+    /// The NAT forwards its port 988 to the first client (an LNet server behind the NAT).
+    pub forward_acceptor: bool,
 }
 
 impl Default for TopoOpts {
     fn default() -> Self {
         TopoOpts {
             nat: NatMode::HighPort,
+            clients: 1,
+            servers: 1,
             client_mss: None,
             gro: true,
             full_csum: false,
             rss: true,
+            impair: None,
+            router_drop: 0,
+            post_tc_drop: 0,
+            client_mtu: None,
+            big_tcp: None,
+            vlan: None,
+            forward_acceptor: false,
         }
     }
 }
 
-/// Three namespaces wired client - router - server; all deleted on drop.
+/// The namespaces, deleted on drop (processes in them killed first).
 pub struct Topology {
-    client: Netns,
+    // Declared first so the bridge process dies before its namespace goes.
+    bridge_proc: Option<Proc>,
+    clients: Vec<Netns>,
+    bridge: Option<Netns>,
     router: Netns,
     server: Netns,
 }
@@ -117,69 +167,205 @@ fn rps(ns: &Netns, dev: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Turns offloads off on `dev`: frames leave it whole, checksummed and no larger than the MTU.
+fn no_offloads(ns: &Netns, dev: &str) -> anyhow::Result<()> {
+    ns.run(&[
+        "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
+    ])
+    .map(drop)
+}
+
 fn rand_small() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed) % 1000
 }
 
+/// Loads an nftables script into `ns`.
+fn nft(ns: &Netns, script: &str) -> anyhow::Result<()> {
+    let path = std::env::temp_dir().join(format!("{}-{}.nft", ns.name(), rand_small()));
+    std::fs::write(&path, script).context("writing nftables rules")?;
+    let loaded = ns.run(&["nft", "-f", &path.to_string_lossy()]);
+    let _ = std::fs::remove_file(&path);
+    loaded.map(drop).context("loading nftables rules")
+}
+
 impl Topology {
     /// Builds the world; `tag` names its namespaces.
     pub fn new(tag: &str, opts: TopoOpts) -> anyhow::Result<Topology> {
         ns::cleanup_stale();
-        let t = Topology {
-            client: Netns::new(&format!("{tag}-c"))?,
+        if opts.clients == 0 || opts.clients > 8 || opts.servers == 0 || opts.servers > 8 {
+            bail!("between 1 and 8 clients and servers");
+        }
+        let mut t = Topology {
+            bridge_proc: None,
+            clients: (0..opts.clients)
+                .map(|i| Netns::new(&format!("{tag}-c{i}")))
+                .collect::<anyhow::Result<_>>()?,
+            bridge: opts
+                .impair
+                .map(|_| Netns::new(&format!("{tag}-b")))
+                .transpose()?,
             router: Netns::new(&format!("{tag}-r"))?,
             server: Netns::new(&format!("{tag}-s"))?,
         };
-        veth(&t.client, "eth0", &t.router, "in0")?;
+        t.router
+            .run(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        t.router.run(&["ip", "link", "set", "br0", "up"])?;
+        for (i, c) in t.clients.iter().enumerate() {
+            let port = format!("in{i}");
+            match (&t.bridge, i) {
+                (Some(b), 0) => {
+                    veth(c, "eth0", b, "b0")?;
+                    veth(b, "b1", &t.router, &port)?;
+                    // Frames cross the bridge as AF_PACKET copies: whole and checksummed.
+                    no_offloads(c, "eth0")?;
+                    no_offloads(&t.router, &port)?;
+                    c.run(&["ethtool", "-K", "eth0", "rx", "off"])?;
+                }
+                _ => veth(c, "eth0", &t.router, &port)?,
+            }
+            let (ip_dev, bridge_port) = match opts.vlan.filter(|_| i == 0) {
+                Some(vid) => {
+                    let (cdev, rdev) = (format!("eth0.{vid}"), format!("{port}.{vid}"));
+                    for (ns, parent, dev) in [(c, "eth0", &cdev), (&t.router, port.as_str(), &rdev)]
+                    {
+                        ns.run(&[
+                            "ip",
+                            "link",
+                            "add",
+                            "link",
+                            parent,
+                            "name",
+                            dev,
+                            "type",
+                            "vlan",
+                            "id",
+                            &vid.to_string(),
+                        ])?;
+                        ns.run(&["ip", "link", "set", dev, "up"])?;
+                    }
+                    (cdev, rdev)
+                }
+                None => ("eth0".to_owned(), port.clone()),
+            };
+            t.router
+                .run(&["ip", "link", "set", &bridge_port, "master", "br0"])?;
+            c.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", client_addr(i)),
+                "dev",
+                &ip_dev,
+            ])?;
+            let mut route = vec!["ip", "route", "add", "default", "via", ROUTER_IN];
+            let mss = opts.client_mss.map(|m| m.to_string());
+            if let Some(m) = &mss {
+                route.extend(["advmss", m.as_str()]);
+            }
+            c.run(&route)?;
+            c.run(&[
+                "ethtool",
+                "-K",
+                "eth0",
+                "gro",
+                if opts.gro { "on" } else { "off" },
+            ])?;
+            if opts.rss {
+                rps(c, "eth0")?;
+                rps(&t.router, &port)?;
+            }
+            if opts.full_csum {
+                no_offloads(&t.router, &port)?;
+                // And no receive offload, which veth would take as "already verified".
+                c.run(&["ethtool", "-K", "eth0", "rx", "off"])?;
+            }
+            if let Some(mtu) = opts.client_mtu {
+                c.run(&["ip", "link", "set", "eth0", "mtu", &mtu.to_string()])?;
+                t.router
+                    .run(&["ip", "link", "set", &port, "mtu", &mtu.to_string()])?;
+            }
+        }
         veth(&t.router, "out0", &t.server, "eth0")?;
-        t.client
-            .run(&["ip", "addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"])?;
         t.router.run(&[
             "ip",
             "addr",
             "add",
             &format!("{ROUTER_IN}/24"),
             "dev",
-            "in0",
+            "br0",
         ])?;
         t.router
             .run(&["ip", "addr", "add", &format!("{NAT}/24"), "dev", "out0"])?;
-        t.server
-            .run(&["ip", "addr", "add", &format!("{SERVER}/24"), "dev", "eth0"])?;
-        t.router.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        let mut route = vec!["ip", "route", "add", "default", "via", ROUTER_IN];
-        let mss = opts.client_mss.map(|m| m.to_string());
-        if let Some(m) = &mss {
-            route.extend(["advmss", m.as_str()]);
+        for i in 0..opts.servers {
+            t.server.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", server_addr(i)),
+                "dev",
+                "eth0",
+            ])?;
         }
-        t.client.run(&route)?;
+        t.router.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         t.server
             .run(&["ip", "route", "add", "default", "via", NAT])?;
         if opts.rss {
-            // Every receiving side on the way: the router, too, gets the server's packets from
-            // whichever CPU sent them, and would forward them out of order.
-            rps(&t.client, "eth0")?;
-            rps(&t.router, "in0")?;
             rps(&t.router, "out0")?;
-        }
-        if opts.full_csum {
-            t.router.run(&["ethtool", "-K", "in0", "tx", "off"])?;
-            // And no receive offload, which veth would take as "already verified".
-            t.client.run(&["ethtool", "-K", "eth0", "rx", "off"])?;
         }
         if opts.client_mss.is_some() {
             // Otherwise veth hands 64 KiB GSO packets through and nothing is ever segmented.
             t.server
                 .run(&["ethtool", "-K", "eth0", "tso", "off", "gso", "off"])?;
-            t.router
-                .run(&["ethtool", "-K", "in0", "tso", "off", "gso", "off"])?;
         }
-        t.set_gro(opts.gro)?;
-        let rules = match opts.nat {
+        if let Some(size) = opts.big_tcp {
+            let size = size.to_string();
+            t.server
+                .run(&["ip", "link", "set", "eth0", "gso_ipv4_max_size", &size])?;
+            t.router
+                .run(&["ip", "link", "set", "out0", "gro_ipv4_max_size", &size])?;
+            for (i, c) in t.clients.iter().enumerate() {
+                t.router.run(&[
+                    "ip",
+                    "link",
+                    "set",
+                    &format!("in{i}"),
+                    "gso_ipv4_max_size",
+                    &size,
+                ])?;
+                c.run(&["ip", "link", "set", "eth0", "gro_ipv4_max_size", &size])?;
+            }
+        }
+        t.rules(&opts)?;
+        if let (Some(b), Some(w)) = (&t.bridge, opts.impair) {
+            let bin = harness::peer_bin();
+            let p = b.spawn(&[
+                &bin.to_string_lossy(),
+                "impair",
+                "--from",
+                "b1",
+                "--to",
+                "b0",
+                "--drop",
+                &w.drop.to_string(),
+                "--hold",
+                &w.hold.to_string(),
+                "--dup",
+                &w.dup.to_string(),
+                "--seed",
+                &w.seed.to_string(),
+            ])?;
+            t.bridge_proc = Some(p);
+        }
+        Ok(t)
+    }
+
+    /// NAT and fault-injection rules.
+    fn rules(&self, opts: &TopoOpts) -> anyhow::Result<()> {
+        let nat = match opts.nat {
             NatMode::HighPort => format!(
-                "oifname \"out0\" ip saddr 198.51.100.0/24 meta l4proto tcp snat to {NAT}:40000-49999\n\
+                "oifname \"out0\" ip saddr 198.51.100.0/24 meta l4proto tcp snat to {NAT}:40000-49999\n  \
                  oifname \"out0\" ip saddr 198.51.100.0/24 snat to {NAT}\n"
             ),
             NatMode::KeepPort => {
@@ -187,23 +373,41 @@ impl Topology {
             }
             NatMode::None => String::new(),
         };
-        if !rules.is_empty() {
-            let script = format!(
-                "table ip lnat_nat {{\n chain post {{\n  type nat hook postrouting priority 100;\n  {rules} }}\n}}\n"
+        let forward = if opts.forward_acceptor {
+            format!(
+                " chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"out0\" tcp dport 988 dnat to {CLIENT}:988\n }}\n"
+            )
+        } else {
+            String::new()
+        };
+        let mut script = format!(
+            "table ip lnat_nat {{\n chain post {{\n  type nat hook postrouting priority 100;\n  {nat} }}\n{forward}}}\n"
+        );
+        if opts.router_drop > 0 {
+            script += &format!(
+                "table ip lnat_loss {{\n chain forward {{\n  type filter hook forward priority 0;\n  \
+                 iifname \"out0\" tcp sport 988 numgen random mod 100 < {} drop\n }}\n}}\n",
+                opts.router_drop
             );
-            let path = std::env::temp_dir().join(format!("{}.nft", t.router.name()));
-            std::fs::write(&path, script).context("writing the NAT rules")?;
-            let loaded = t.router.run(&["nft", "-f", &path.to_string_lossy()]);
-            let _ = std::fs::remove_file(&path);
-            loaded.context("loading the NAT rules")?;
         }
-        Ok(t)
+        nft(&self.router, &script)?;
+        if opts.post_tc_drop > 0 {
+            nft(
+                &self.clients[0],
+                &format!(
+                    "table ip lnat_loss {{\n chain input {{\n  type filter hook input priority 0;\n  \
+                     tcp sport 988 numgen random mod 100 < {} drop\n }}\n}}\n",
+                    opts.post_tc_drop
+                ),
+            )?;
+        }
+        Ok(())
     }
 
-    /// Turns GRO on the client's `eth0` on or off: whether the client's stack, and a program on
-    /// its ingress, sees the server's segments coalesced.
+    /// Turns GRO on the first client's `eth0` on or off: whether its stack, and a program on its
+    /// ingress, sees the server's segments coalesced.
     pub fn set_gro(&self, on: bool) -> anyhow::Result<()> {
-        self.client
+        self.clients[0]
             .run(&[
                 "ethtool",
                 "-K",
@@ -215,9 +419,14 @@ impl Topology {
             .context("setting GRO on the client's eth0")
     }
 
-    /// The LNet client's namespace (interface `eth0`).
+    /// The first LNet client's namespace (interface `eth0`).
     pub fn client(&self) -> &Netns {
-        &self.client
+        &self.clients[0]
+    }
+
+    /// LNet client `i`'s namespace.
+    pub fn client_n(&self, i: usize) -> &Netns {
+        &self.clients[i]
     }
 
     /// The NAT router's namespace.
@@ -228,5 +437,18 @@ impl Topology {
     /// The LNet server's namespace.
     pub fn server(&self) -> &Netns {
         &self.server
+    }
+
+    /// Stops the impairment bridge and returns what it did to the frames.
+    pub fn impairment(&mut self) -> anyhow::Result<crate::impair::Tally> {
+        let p = self.bridge_proc.take().context("no impairment bridge")?;
+        p.signal(libc::SIGTERM);
+        let out = p.wait(std::time::Duration::from_secs(10))?;
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "impairment report: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 }

@@ -21,12 +21,27 @@ const PACKAGES: [(&str, &str); 5] = [
 /// bpf-linker version known to work with this nightly's LLVM.
 const BPF_LINKER: &str = "0.13.0";
 
+/// cargo-fuzz version for the tracker's fuzz target.
+const CARGO_FUZZ: &str = "0.13.2";
+
 /// Installs whatever is missing; quick when everything is there.
 pub fn run() -> anyhow::Result<()> {
     packages()?;
     nightly()?;
     rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    cargo_fuzz()
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    exec(workspace::cargo().args(["install", "cargo-fuzz", "--version", CARGO_FUZZ, "--locked"]))
 }
 
 fn found(bin: &str) -> bool {

@@ -63,6 +63,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     .env("LNAT_BIN", workspace::release_bin("lnat"));
     if let Some(f) = &args.filter {
         test.arg(f);
+        return exec(&mut test);
     }
-    exec(&mut test)
+    exec(&mut test)?;
+    fuzz(FUZZ_SECS)
+}
+
+/// Seconds of fuzzing in every test run (the long runs are done by hand; see the README).
+const FUZZ_SECS: u32 = 30;
+
+/// Fuzzes the stream tracker against the reference rewrite, from the committed corpus.
+pub fn fuzz(secs: u32) -> anyhow::Result<()> {
+    let dir = workspace::root().join("lnat-common");
+    // libFuzzer adds what it finds to the corpus; a short run's additions are not kept.
+    let scratch = workspace::target_dir().join("fuzz-corpus");
+    std::fs::create_dir_all(&scratch)?;
+    exec(
+        Command::new("rustup")
+            .current_dir(&dir)
+            .args(["run", "nightly", "cargo", "fuzz", "run", "tracker"])
+            .arg(&scratch)
+            .arg(dir.join("fuzz/corpus/tracker"))
+            .args(["--", &format!("-max_total_time={secs}")]),
+    )
 }

@@ -1,9 +1,15 @@
-//! `lnet-peer`: an LNet peer that follows the kernel's rules, for lnat's namespace tests.
-//! Prints one JSON report line; the client exits 0 only when every expected PUT arrived.
+//! `lnet-peer`: an LNet peer that follows the kernel's rules, for lnat's namespace tests, and
+//! the plain-TCP and bad-network helpers those tests need. Each role prints one JSON line; the
+//! client exits 0 only when every expected PUT arrived.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{
+    net::SocketAddr,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use lnat_common::{
     nid::Nid,
     wire::{Endian, Proto},
@@ -11,12 +17,16 @@ use lnat_common::{
 use lnat_tests::{
     blob,
     client::{self, ClientOpts},
-    server::{self, Accept, ServerOpts},
+    impair::{self, Weather},
+    server::{self, Accept, Corrupt, ServerOpts},
     workload::Sizes,
 };
 
 #[derive(Parser)]
-#[command(name = "lnet-peer", about = "An emulated LNet (socklnd) peer")]
+#[command(
+    name = "lnet-peer",
+    about = "An emulated LNet (socklnd) peer, and test helpers"
+)]
 struct Cli {
     #[command(subcommand)]
     role: Role,
@@ -25,80 +35,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Role {
     /// Accept connections like the LNet acceptor and passive socklnd, then send PUTs.
-    Server {
-        /// Address to listen on.
-        #[arg(long, default_value = "0.0.0.0:988")]
-        listen: SocketAddr,
-        /// The server's NID.
-        #[arg(long, value_parser = parse_nid)]
-        nid: Nid,
-        /// The acceptor's `accept` parameter.
-        #[arg(long, value_enum, default_value_t = AcceptArg::Secure)]
-        accept: AcceptArg,
-        /// PUTs to send to each peer.
-        #[arg(long, default_value_t = 10)]
-        puts: u64,
-        /// Seed of sizes and payloads.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// PUT sizes: mixed, zero, small, or a comma-separated list.
-        #[arg(long, default_value = "mixed")]
-        sizes: Sizes,
-        /// Checksum messages (protocol V2, like socklnd's enable_csum).
-        #[arg(long)]
-        csum: bool,
-        /// Send a NOOP after every N PUTs (0: never).
-        #[arg(long, default_value_t = 0)]
-        noop_every: u64,
-        /// Write frames in random chunks of at most B bytes (0: one write each).
-        #[arg(long, default_value_t = 0)]
-        chunk_max: usize,
-        /// Messages per write, as socklnd sends a backed-up queue.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// Milliseconds to pause after each write.
-        #[arg(long, default_value_t = 0)]
-        pace_ms: u64,
-        /// Connections to serve before exiting.
-        #[arg(long, default_value_t = 1)]
-        conns: u32,
-        /// Seconds to wait for a peer to close after its PUTs.
-        #[arg(long, default_value_t = 30)]
-        hold_secs: u64,
-    },
+    Server(ServerArgs),
     /// Connect like lnet_connect, check the server's HELLO, accept messages like lnet_parse.
-    Client {
-        /// The server's acceptor address.
-        #[arg(long, default_value = "203.0.113.10:988")]
-        server: SocketAddr,
-        /// The NID to dial.
-        #[arg(long, value_parser = parse_nid)]
-        server_nid: Nid,
-        /// The client's own NID.
-        #[arg(long, value_parser = parse_nid)]
-        nid: Nid,
-        /// socklnd version (1 to 4).
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=4))]
-        proto: u8,
-        /// Byte order to speak.
-        #[arg(long, value_enum, default_value_t = EndianArg::Little)]
-        endian: EndianArg,
-        /// HELLO connection type.
-        #[arg(long, default_value_t = 1)]
-        ctype: u32,
-        /// PUTs to receive.
-        #[arg(long, default_value_t = 10)]
-        expect: u64,
-        /// Seconds the whole run may take.
-        #[arg(long, default_value_t = 60)]
-        timeout_secs: u64,
-        /// Reconnections allowed after a rejected or broken connection.
-        #[arg(long, default_value_t = 0)]
-        reconnects: u32,
-        /// Connect from this port instead of the first free reserved one.
-        #[arg(long)]
-        src_port: Option<u16>,
-    },
+    Client(ClientArgs),
     /// Not LNet: accept one connection and send deterministic bytes.
     BlobServer {
         /// Address to listen on.
@@ -120,6 +59,122 @@ enum Role {
         #[arg(long)]
         src_port: Option<u16>,
     },
+    /// A bad network between two interfaces, until SIGTERM; prints what it did.
+    Impair(ImpairArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:988")]
+    listen: SocketAddr,
+    /// The server's NID.
+    #[arg(long, value_parser = parse_nid)]
+    nid: Nid,
+    /// The acceptor's `accept` parameter.
+    #[arg(long, value_enum, default_value_t = AcceptArg::Secure)]
+    accept: AcceptArg,
+    /// PUTs to send to each peer.
+    #[arg(long, default_value_t = 10)]
+    puts: u64,
+    /// Seed of sizes and payloads.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// PUT sizes: mixed, zero, small, or a comma-separated list.
+    #[arg(long, default_value = "mixed")]
+    sizes: Sizes,
+    /// Checksum messages (protocol V2, like socklnd's enable_csum).
+    #[arg(long)]
+    csum: bool,
+    /// Send a NOOP after every N PUTs (0: never).
+    #[arg(long, default_value_t = 0)]
+    noop_every: u64,
+    /// Write frames in random chunks of at most B bytes (0: one write each).
+    #[arg(long, default_value_t = 0)]
+    chunk_max: usize,
+    /// Messages per write, as socklnd sends a backed-up queue.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Milliseconds to pause after each write.
+    #[arg(long, default_value_t = 0)]
+    pace_ms: u64,
+    /// Connections to serve before exiting.
+    #[arg(long, default_value_t = 1)]
+    conns: u32,
+    /// Seconds to wait for a peer to close after its PUTs.
+    #[arg(long, default_value_t = 30)]
+    hold_secs: u64,
+    /// The server's byte order (default: the peer's).
+    #[arg(long, value_enum)]
+    endian: Option<EndianArg>,
+    /// Break the protocol this way after three good PUTs.
+    #[arg(long, value_enum)]
+    corrupt: Option<Corrupt>,
+    /// Send with IPv4 options.
+    #[arg(long)]
+    ip_options: bool,
+    /// Clear DF so routers fragment.
+    #[arg(long)]
+    no_df: bool,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The server's acceptor address.
+    #[arg(long, default_value = "203.0.113.10:988")]
+    server: SocketAddr,
+    /// The NID to dial.
+    #[arg(long, value_parser = parse_nid)]
+    server_nid: Nid,
+    /// The client's own NID.
+    #[arg(long, value_parser = parse_nid)]
+    nid: Nid,
+    /// socklnd version (1 to 4).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=4))]
+    proto: u8,
+    /// Byte order to speak.
+    #[arg(long, value_enum, default_value_t = EndianArg::Little)]
+    endian: EndianArg,
+    /// HELLO connection type.
+    #[arg(long, default_value_t = 1)]
+    ctype: u32,
+    /// PUTs to receive.
+    #[arg(long, default_value_t = 10)]
+    expect: u64,
+    /// Seconds the whole run may take.
+    #[arg(long, default_value_t = 60)]
+    timeout_secs: u64,
+    /// Reconnections allowed after a rejected or broken connection.
+    #[arg(long, default_value_t = 0)]
+    reconnects: u32,
+    /// Connect from this port instead of the first free reserved one (0: any).
+    #[arg(long)]
+    src_port: Option<u16>,
+    /// Run this many clients at once.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+}
+
+#[derive(Args)]
+struct ImpairArgs {
+    /// Interface frames are impaired coming from.
+    #[arg(long)]
+    from: String,
+    /// Interface they go to.
+    #[arg(long)]
+    to: String,
+    /// Percent of frames dropped.
+    #[arg(long, default_value_t = 0)]
+    drop: u64,
+    /// Percent of frames held back (reordered).
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
+    /// Percent of frames duplicated.
+    #[arg(long, default_value_t = 0)]
+    dup: u64,
+    /// Seed of the decisions.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -132,6 +187,15 @@ enum AcceptArg {
 enum EndianArg {
     Little,
     Big,
+}
+
+impl EndianArg {
+    fn endian(self) -> Endian {
+        match self {
+            EndianArg::Little => Endian::Little,
+            EndianArg::Big => Endian::Big,
+        }
+    }
 }
 
 fn parse_nid(s: &str) -> Result<Nid, String> {
@@ -152,6 +216,12 @@ fn finish<T: serde::Serialize>(result: anyhow::Result<T>) -> ExitCode {
     }
 }
 
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
 fn main() -> ExitCode {
     match Cli::parse().role {
         Role::BlobServer {
@@ -162,69 +232,65 @@ fn main() -> ExitCode {
         Role::BlobClient { server, src_port } => {
             finish(blob::fetch(server, src_port, Duration::from_secs(60)))
         }
-        Role::Server {
-            listen,
-            nid,
-            accept,
-            puts,
-            seed,
-            sizes,
-            csum,
-            noop_every,
-            chunk_max,
-            batch,
-            pace_ms,
-            conns,
-            hold_secs,
-        } => {
+        Role::Impair(a) => {
+            // SAFETY: installs a handler that only stores to an atomic.
+            unsafe {
+                libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+                libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+            }
+            let w = Weather {
+                drop: a.drop,
+                hold: a.hold,
+                dup: a.dup,
+                seed: a.seed,
+            };
+            finish(impair::run(&a.from, &a.to, w, |_| {
+                STOP.load(Ordering::Relaxed)
+            }))
+        }
+        Role::Server(a) => {
             let opts = ServerOpts {
-                listen,
-                nid,
-                accept: match accept {
+                listen: a.listen,
+                nid: a.nid,
+                accept: match a.accept {
                     AcceptArg::All => Accept::All,
                     AcceptArg::Secure => Accept::Secure,
                 },
-                puts,
-                seed,
-                sizes,
-                csum,
-                noop_every,
-                chunk_max,
-                batch,
-                pace: Duration::from_millis(pace_ms),
-                conns,
-                hold: Duration::from_secs(hold_secs),
+                puts: a.puts,
+                seed: a.seed,
+                sizes: a.sizes,
+                csum: a.csum,
+                noop_every: a.noop_every,
+                chunk_max: a.chunk_max,
+                batch: a.batch,
+                pace: Duration::from_millis(a.pace_ms),
+                conns: a.conns,
+                hold: Duration::from_secs(a.hold_secs),
+                endian: a.endian.map(EndianArg::endian),
+                corrupt: a.corrupt,
+                ip_options: a.ip_options,
+                no_df: a.no_df,
             };
             finish(server::serve(&opts))
         }
-        Role::Client {
-            server,
-            server_nid,
-            nid,
-            proto,
-            endian,
-            ctype,
-            expect,
-            timeout_secs,
-            reconnects,
-            src_port,
-        } => {
+        Role::Client(a) => {
             let opts = ClientOpts {
-                server,
-                server_nid,
-                nid,
-                proto: Proto::from_u8(proto).unwrap_or(Proto::V3),
-                endian: match endian {
-                    EndianArg::Little => Endian::Little,
-                    EndianArg::Big => Endian::Big,
-                },
-                ctype,
-                expect,
-                timeout: Duration::from_secs(timeout_secs),
-                reconnects,
-                src_port,
+                server: a.server,
+                server_nid: a.server_nid,
+                nid: a.nid,
+                proto: Proto::from_u8(a.proto).unwrap_or(Proto::V3),
+                endian: a.endian.endian(),
+                ctype: a.ctype,
+                expect: a.expect,
+                timeout: Duration::from_secs(a.timeout_secs),
+                reconnects: a.reconnects,
+                src_port: a.src_port,
             };
-            let report = client::run(&opts);
+            let report = if a.parallel > 1 {
+                client::run_many(&opts, a.parallel)
+            } else {
+                client::run(&opts)
+            };
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
             if report.status == "ok" {
                 ExitCode::SUCCESS
