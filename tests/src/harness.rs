@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     ns::{self, Netns, Proc},
     report::{ClientReport, ServerReport},
+    topology::{CLIENT_NID, SERVER_NID, Topology},
 };
 
 /// A binary of this workspace: `$env`, else next to the running executable or in
@@ -308,6 +309,49 @@ pub fn exchange(
     let c = client(client_ns, client_args, timeout)?;
     let r = server_report(s, timeout)?;
     Ok((c, r))
+}
+
+/// The usual exchange across `t`: the server (SERVER_NID, `accept=all`, a NOOP every 7 PUTs)
+/// sends `n` PUTs of `sizes` to the first client (CLIENT_NID); extra flags for either side.
+pub fn puts(
+    t: &Topology,
+    n: u64,
+    sizes: &str,
+    server_extra: &[&str],
+    client_extra: &[&str],
+) -> anyhow::Result<(ClientReport, ServerReport)> {
+    let n = n.to_string();
+    let mut server_args = vec![
+        "--nid",
+        SERVER_NID,
+        "--accept",
+        "all",
+        "--puts",
+        &n,
+        "--sizes",
+        sizes,
+        "--noop-every",
+        "7",
+    ];
+    server_args.extend_from_slice(server_extra);
+    let mut client_args = vec![
+        "--server-nid",
+        SERVER_NID,
+        "--nid",
+        CLIENT_NID,
+        "--expect",
+        &n,
+        "--timeout-secs",
+        "400",
+    ];
+    client_args.extend_from_slice(client_extra);
+    exchange(
+        t.server(),
+        t.client(),
+        &server_args,
+        &client_args,
+        Duration::from_secs(450),
+    )
 }
 
 /// Checks that the client received exactly what the server sent, byte for byte (by digest):

@@ -7,13 +7,13 @@ use std::time::Duration;
 use lnat_tests::{
     harness::{self, Host, Lnat},
     ns::Netns,
-    report::{ClientReport, Put, ServerReport},
-    topology::{CLIENT_NID, NAT_NID, NatMode, SERVER_NID, TopoOpts, Topology},
+    report::{ClientReport, ServerReport},
+    topology::{CLIENT_NID, NAT_NID, NatMode, TopoOpts, Topology},
 };
 
 const LONG: Duration = Duration::from_secs(240);
 
-/// Server and client flags for `puts` PUTs of `sizes`.
+/// `harness::puts`, expecting it to run.
 fn exchange(
     t: &Topology,
     puts: u64,
@@ -21,49 +21,12 @@ fn exchange(
     extra_server: &[&str],
     extra_client: &[&str],
 ) -> (ClientReport, ServerReport) {
-    let puts = puts.to_string();
-    let mut sargs = vec![
-        "--nid",
-        SERVER_NID,
-        "--accept",
-        "all",
-        "--puts",
-        &puts,
-        "--sizes",
-        sizes,
-        "--noop-every",
-        "7",
-    ];
-    sargs.extend_from_slice(extra_server);
-    let server = harness::server(t.server(), &sargs).expect("server");
-    let mut cargs = vec![
-        "--server-nid",
-        SERVER_NID,
-        "--nid",
-        CLIENT_NID,
-        "--expect",
-        &puts,
-        "--timeout-secs",
-        "200",
-    ];
-    cargs.extend_from_slice(extra_client);
-    let client = harness::client(t.client(), &cargs, LONG).expect("client");
-    let served = harness::server_report(server, LONG).expect("server report");
-    (client, served)
+    harness::puts(t, puts, sizes, extra_server, extra_client).expect("exchange")
 }
 
 /// Asserts the client got exactly what the server sent, byte for byte (by digest).
 fn assert_intact(client: &ClientReport, served: &ServerReport, puts: usize) {
-    assert_eq!(client.status, "ok", "client: {}", client.reason);
-    let mut sent: Vec<Put> = served
-        .connections
-        .iter()
-        .flat_map(|c| c.sent.clone())
-        .collect();
-    sent.sort();
-    sent.dedup();
-    assert_eq!(sent.len(), puts);
-    assert_eq!(client.received, sent, "payload digests differ");
+    harness::check_intact(client, served, puts).expect("intact");
 }
 
 fn csum_errors(ns: &Netns) -> u64 {

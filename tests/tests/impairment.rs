@@ -3,49 +3,22 @@
 //! 1,000 PUTs of mixed sizes must arrive intact, on one connection, with no checksum errors.
 //! Each test prints what lnat dropped as out of order against what TCP retransmitted.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lnat_tests::{
     harness::{self, Host, Lnat},
     impair::Weather,
-    topology::{CLIENT_NID, SERVER_NID, TopoOpts, Topology},
+    topology::{TopoOpts, Topology},
 };
 
-const PUTS: &str = "1000";
+const PUTS: u64 = 1000;
 
 fn bad_network(tag: &str, opts: TopoOpts) {
     let mut t = Topology::new(tag, opts).expect("topology");
     let host = Host::new(t.client()).expect("host");
     let lnat = Lnat::attach(&host, "eth0", &[]).expect("attach");
     let started = Instant::now();
-    let (client, served) = harness::exchange(
-        t.server(),
-        t.client(),
-        &[
-            "--nid",
-            SERVER_NID,
-            "--accept",
-            "all",
-            "--puts",
-            PUTS,
-            "--sizes",
-            "mixed",
-            "--noop-every",
-            "13",
-        ],
-        &[
-            "--server-nid",
-            SERVER_NID,
-            "--nid",
-            CLIENT_NID,
-            "--expect",
-            PUTS,
-            "--timeout-secs",
-            "400",
-        ],
-        Duration::from_secs(450),
-    )
-    .expect("exchange");
+    let (client, served) = harness::puts(&t, PUTS, "mixed", &[], &[]).expect("exchange");
     let took = started.elapsed();
     harness::check_intact(&client, &served, 1000).expect("intact");
     assert_eq!(
