@@ -279,13 +279,19 @@ pub fn server_report(p: Proc, timeout: Duration) -> anyhow::Result<ServerReport>
     })
 }
 
-/// Runs `lnet-peer client ARGS...` in `ns` to the end and returns its report.
-pub fn client(ns: &Netns, args: &[&str], timeout: Duration) -> anyhow::Result<ClientReport> {
+/// Starts `lnet-peer client ARGS...` in `ns`, for traffic that runs while a test does
+/// something else.
+pub fn spawn_client(ns: &Netns, args: &[&str]) -> anyhow::Result<Proc> {
     let bin = peer_bin();
     let bin = bin.to_string_lossy();
     let mut argv = vec![bin.as_ref(), "client"];
     argv.extend_from_slice(args);
-    let out = ns.spawn(&argv)?.wait(timeout)?;
+    ns.spawn(&argv)
+}
+
+/// The client's report, once it exits.
+pub fn client_report(p: Proc, timeout: Duration) -> anyhow::Result<ClientReport> {
+    let out = p.wait(timeout)?;
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).with_context(|| {
         format!(
@@ -293,6 +299,11 @@ pub fn client(ns: &Netns, args: &[&str], timeout: Duration) -> anyhow::Result<Cl
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// Runs `lnet-peer client ARGS...` in `ns` to the end and returns its report.
+pub fn client(ns: &Netns, args: &[&str], timeout: Duration) -> anyhow::Result<ClientReport> {
+    client_report(spawn_client(ns, args)?, timeout)
 }
 
 /// Runs one exchange: `lnet-peer server ARGS` in `server_ns` (waiting until it listens on 988),

@@ -6,6 +6,7 @@ pub mod blob;
 pub mod client;
 pub mod harness;
 pub mod impair;
+pub mod link;
 pub mod lnet;
 pub mod ns;
 pub mod report;

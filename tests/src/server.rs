@@ -197,7 +197,7 @@ fn handle(
     conn.hello_dst_nid = hello.dst_nid.to_string();
     // Each client gets its own payloads (two clients behind one NAT share a NID but not their
     // HELLO's src_nid), the same on every connection it makes.
-    let seed = opts.seed ^ hello.src_nid.0.rotate_left(17);
+    let seed = workload::peer_seed(opts.seed, hello.src_nid);
     let IpAddr::V4(ip) = peer.ip() else {
         bail!("IPv6 peer")
     };

@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     harness,
     impair::Weather,
+    link,
     ns::{self, Netns, Proc},
 };
 
@@ -320,21 +321,12 @@ impl Topology {
                 .run(&["ethtool", "-K", "eth0", "tso", "off", "gso", "off"])?;
         }
         if let Some(size) = opts.big_tcp {
-            let size = size.to_string();
-            t.server
-                .run(&["ip", "link", "set", "eth0", "gso_ipv4_max_size", &size])?;
-            t.router
-                .run(&["ip", "link", "set", "out0", "gro_ipv4_max_size", &size])?;
+            link::set_u32(&t.server, "eth0", link::GSO_IPV4_MAX_SIZE, size)?;
+            link::set_u32(&t.router, "out0", link::GRO_IPV4_MAX_SIZE, size)?;
+            link::set_u32(&t.router, "br0", link::GSO_IPV4_MAX_SIZE, size)?;
             for (i, c) in t.clients.iter().enumerate() {
-                t.router.run(&[
-                    "ip",
-                    "link",
-                    "set",
-                    &format!("in{i}"),
-                    "gso_ipv4_max_size",
-                    &size,
-                ])?;
-                c.run(&["ip", "link", "set", "eth0", "gro_ipv4_max_size", &size])?;
+                link::set_u32(&t.router, &format!("in{i}"), link::GSO_IPV4_MAX_SIZE, size)?;
+                link::set_u32(c, "eth0", link::GRO_IPV4_MAX_SIZE, size)?;
             }
         }
         t.rules(&opts)?;

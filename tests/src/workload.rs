@@ -3,8 +3,10 @@
 
 use std::str::FromStr;
 
-use lnat_common::{testkit::Rng, wire::LNET_MTU};
+use lnat_common::{nid::Nid, testkit::Rng, wire::LNET_MTU};
 use sha2::{Digest as _, Sha256};
+
+use crate::report::Put;
 
 /// How PUT payload sizes are chosen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +41,28 @@ impl FromStr for Sizes {
                 }),
         }
     }
+}
+
+/// The seed of what the server sends `peer` (the NID its HELLO claims): peers get different
+/// payloads, and a test can recompute any peer's.
+pub fn peer_seed(seed: u64, peer: Nid) -> u64 {
+    seed ^ peer.0.rotate_left(17)
+}
+
+/// The first `n` PUTs a server seeded `seed` sends `peer`, as the client reports them: what a
+/// test compares a client's report with when the server's own report is not at hand.
+pub fn expected(sizes: &Sizes, seed: u64, peer: Nid, n: u64) -> Vec<Put> {
+    let seed = peer_seed(seed, peer);
+    (0..n)
+        .map(|index| {
+            let size = size(sizes, seed, index);
+            Put {
+                index,
+                size,
+                digest: digest(&payload(seed, index, size)),
+            }
+        })
+        .collect()
 }
 
 /// The payload size of message `index`.

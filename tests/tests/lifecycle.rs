@@ -104,11 +104,9 @@ fn sigkill_mid_transfer_then_reattach_and_reconnect() {
         ],
     )
     .expect("server");
-    let client = t
-        .client()
-        .spawn(&[
-            &harness::peer_bin().to_string_lossy(),
-            "client",
+    let client = harness::spawn_client(
+        t.client(),
+        &[
             "--server-nid",
             SERVER_NID,
             "--nid",
@@ -119,8 +117,9 @@ fn sigkill_mid_transfer_then_reattach_and_reconnect() {
             "90",
             "--reconnects",
             "10",
-        ])
-        .expect("client");
+        ],
+    )
+    .expect("client");
     std::thread::sleep(Duration::from_millis(700));
     lnat.kill().expect("kill");
     // The tcx link went with the process, and the program with it.
@@ -143,9 +142,7 @@ fn sigkill_mid_transfer_then_reattach_and_reconnect() {
     );
     // LNet-style: the client's connection broke (its next message was rejected); it reconnects
     // and the server resends what was not acknowledged.
-    let out = client.wait(Duration::from_secs(120)).expect("client");
-    let report: lnat_tests::report::ClientReport =
-        serde_json::from_slice(&out.stdout).expect("client report");
+    let report = harness::client_report(client, Duration::from_secs(120)).expect("client");
     drop(server);
     assert_eq!(report.status, "ok", "{}", report.reason);
     assert_eq!(report.received.len(), 600);
