@@ -322,30 +322,28 @@ pub fn exchange(
     Ok((c, r))
 }
 
-/// The usual exchange across `t`: the server (SERVER_NID, `accept=all`, a NOOP every 7 PUTs)
-/// sends `n` PUTs of `sizes` to the first client (CLIENT_NID); extra flags for either side.
-pub fn puts(
+/// The usual server in `t`: SERVER_NID, `accept=all`, `n` PUTs of `sizes` to each peer, and
+/// `extra` flags.
+pub fn lnet_server(t: &Topology, n: u64, sizes: &str, extra: &[&str]) -> anyhow::Result<Proc> {
+    let n = n.to_string();
+    let mut args = vec![
+        "--nid", SERVER_NID, "--accept", "all", "--puts", &n, "--sizes", sizes,
+    ];
+    args.extend_from_slice(extra);
+    server(t.server(), &args)
+}
+
+/// The usual client in `t`: the first client (CLIENT_NID) dials SERVER_NID for `n` PUTs and
+/// gives up after `timeout`; `extra` flags.
+pub fn lnet_client(
     t: &Topology,
     n: u64,
-    sizes: &str,
-    server_extra: &[&str],
-    client_extra: &[&str],
-) -> anyhow::Result<(ClientReport, ServerReport)> {
+    timeout: Duration,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
     let n = n.to_string();
-    let mut server_args = vec![
-        "--nid",
-        SERVER_NID,
-        "--accept",
-        "all",
-        "--puts",
-        &n,
-        "--sizes",
-        sizes,
-        "--noop-every",
-        "7",
-    ];
-    server_args.extend_from_slice(server_extra);
-    let mut client_args = vec![
+    let secs = timeout.as_secs().to_string();
+    let mut args = vec![
         "--server-nid",
         SERVER_NID,
         "--nid",
@@ -353,16 +351,29 @@ pub fn puts(
         "--expect",
         &n,
         "--timeout-secs",
-        "400",
+        &secs,
     ];
-    client_args.extend_from_slice(client_extra);
-    exchange(
-        t.server(),
-        t.client(),
-        &server_args,
-        &client_args,
-        Duration::from_secs(450),
-    )
+    args.extend_from_slice(extra);
+    spawn_client(t.client(), &args)
+}
+
+/// The usual exchange across `t`: [`lnet_server`] with a NOOP every 7 PUTs, and
+/// [`lnet_client`] to its end; extra flags for either side.
+pub fn puts(
+    t: &Topology,
+    n: u64,
+    sizes: &str,
+    server_extra: &[&str],
+    client_extra: &[&str],
+) -> anyhow::Result<(ClientReport, ServerReport)> {
+    let mut server_args = vec!["--noop-every", "7"];
+    server_args.extend_from_slice(server_extra);
+    let s = lnet_server(t, n, sizes, &server_args)?;
+    t.server()
+        .wait_listening(crate::topology::ACCEPTOR_PORT, Duration::from_secs(10))?;
+    let c = lnet_client(t, n, Duration::from_secs(400), client_extra)?;
+    let c = client_report(c, Duration::from_secs(450))?;
+    Ok((c, server_report(s, Duration::from_secs(450))?))
 }
 
 /// Checks that the client received exactly what the server sent, byte for byte (by digest):

@@ -13,7 +13,7 @@ use std::{
 
 use lnat_tests::{
     harness::{self, Host, Lnat},
-    topology::{CLIENT_NID, SERVER_NID, TopoOpts, Topology},
+    topology::{CLIENT_NID, TopoOpts, Topology},
     workload::{self, Sizes},
 };
 
@@ -66,43 +66,20 @@ fn a_hundred_attach_detach_cycles_under_traffic_leave_nothing_behind() {
     let host = Host::new(t.client()).expect("host");
     let progs_before = kernel_ids(&host, "prog").len();
     let maps_before = kernel_ids(&host, "map").len();
-    let puts = PUTS.to_string();
-    let _server = harness::server(
-        t.server(),
-        &[
-            "--nid",
-            SERVER_NID,
-            "--accept",
-            "all",
-            "--puts",
-            &puts,
-            "--sizes",
-            "small",
-            "--pace-ms",
-            "10",
-            "--conns",
-            "100000",
-            "--hold-secs",
-            "5",
-        ],
+    let _server = harness::lnet_server(
+        &t,
+        PUTS,
+        "small",
+        &["--pace-ms", "10", "--conns", "100000", "--hold-secs", "5"],
     )
     .expect("server");
     // LNet-style: a rejected or broken connection is made again, and the server resends what
     // was not acknowledged.
-    let client = harness::spawn_client(
-        t.client(),
-        &[
-            "--server-nid",
-            SERVER_NID,
-            "--nid",
-            CLIENT_NID,
-            "--expect",
-            &puts,
-            "--timeout-secs",
-            "500",
-            "--reconnects",
-            "100000",
-        ],
+    let client = harness::lnet_client(
+        &t,
+        PUTS,
+        Duration::from_secs(500),
+        &["--reconnects", "100000"],
     )
     .expect("client");
 

@@ -7,7 +7,7 @@ use lnat_tests::{
     harness::{self, Host, Lnat},
     ns::Proc,
     report::ClientReport,
-    topology::{CLIENT_NID, NAT_NID, SERVER_NID, TopoOpts, Topology},
+    topology::{CLIENT_NID, NAT_NID, TopoOpts, Topology},
     workload::{self, Sizes},
 };
 
@@ -91,31 +91,11 @@ fn bad_input_gets_one_line_errors() {
     assert_one_line(code, &e, "no mapping for 203.0.113.77@tcp");
 }
 
-fn exchange(t: &Topology, puts: &str) -> ClientReport {
-    let server = harness::server(
-        t.server(),
-        &[
-            "--nid", SERVER_NID, "--accept", "all", "--puts", puts, "--sizes", "small",
-        ],
-    )
-    .expect("server");
-    let report = harness::client(
-        t.client(),
-        &[
-            "--server-nid",
-            SERVER_NID,
-            "--nid",
-            CLIENT_NID,
-            "--expect",
-            puts,
-            "--timeout-secs",
-            "30",
-        ],
-        Duration::from_secs(60),
-    )
-    .expect("client");
-    drop(server);
-    report
+/// `puts` small PUTs to the first client; its report.
+fn exchange(t: &Topology, puts: u64) -> ClientReport {
+    let _server = harness::lnet_server(t, puts, "small", &[]).expect("server");
+    let client = harness::lnet_client(t, puts, Duration::from_secs(30), &[]).expect("client");
+    harness::client_report(client, Duration::from_secs(60)).expect("client report")
 }
 
 #[test]
@@ -124,13 +104,13 @@ fn static_mappings_apply_and_stop_applying_while_attached() {
     let host = Host::new(t.client()).expect("host");
     let lnat = Lnat::attach(&host, "eth0", &["--no-learn"]).expect("attach");
     assert_eq!(
-        exchange(&t, "5").status,
+        exchange(&t, 5).status,
         "rejected",
         "nothing mapped, nothing learned"
     );
     host.lnat(&["map", "add", NAT_NID, "--iface", "eth0"])
         .expect("map add");
-    let ok = exchange(&t, "20");
+    let ok = exchange(&t, 20);
     assert_eq!(ok.status, "ok", "{}", ok.reason);
     let status = lnat.status().expect("status");
     assert_eq!(status["mappings"][0]["origin"], "static");
@@ -139,11 +119,11 @@ fn static_mappings_apply_and_stop_applying_while_attached() {
     assert_eq!(status["counters"]["learned"], 0);
     host.lnat(&["map", "del", NAT_NID, "--iface", "eth0"])
         .expect("map del");
-    assert_eq!(exchange(&t, "5").status, "rejected", "the mapping is gone");
+    assert_eq!(exchange(&t, 5).status, "rejected", "the mapping is gone");
     drop(lnat);
     // --external at attach time is the same as a map add.
     let lnat = Lnat::attach(&host, "eth0", &["--no-learn", "--external", NAT_NID]).expect("attach");
-    assert_eq!(exchange(&t, "20").status, "ok");
+    assert_eq!(exchange(&t, 20).status, "ok");
     assert_eq!(lnat.counter("rewritten").expect("counter"), 21);
 }
 
@@ -152,7 +132,7 @@ fn learned_mappings_expire_when_unused() {
     let t = Topology::new("ttl", TopoOpts::default()).expect("topology");
     let host = Host::new(t.client()).expect("host");
     let mut lnat = Lnat::attach(&host, "eth0", &["--learn-ttl", "1"]).expect("attach");
-    assert_eq!(exchange(&t, "5").status, "ok");
+    assert_eq!(exchange(&t, 5).status, "ok");
     let line = lnat
         .wait_line("expired", Duration::from_secs(20))
         .expect("expiry");
@@ -163,47 +143,25 @@ fn learned_mappings_expire_when_unused() {
         "{status}"
     );
     // Learned again on the next connection.
-    assert_eq!(exchange(&t, "5").status, "ok");
+    assert_eq!(exchange(&t, 5).status, "ok");
     assert_eq!(lnat.counter("learned").expect("counter"), 2);
 }
 
 /// A paced transfer of `puts` small PUTs in the background: the server, and the client allowed
 /// `reconnects` LNet-style reconnections.
-fn paced_transfer(t: &Topology, puts: &str, reconnects: &str) -> (Proc, Proc) {
-    let server = harness::server(
-        t.server(),
-        &[
-            "--nid",
-            SERVER_NID,
-            "--accept",
-            "all",
-            "--puts",
-            puts,
-            "--sizes",
-            "small",
-            "--pace-ms",
-            "5",
-            "--conns",
-            "1000",
-            "--hold-secs",
-            "5",
-        ],
+fn paced_transfer(t: &Topology, puts: u64, reconnects: &str) -> (Proc, Proc) {
+    let server = harness::lnet_server(
+        t,
+        puts,
+        "small",
+        &["--pace-ms", "5", "--conns", "1000", "--hold-secs", "5"],
     )
     .expect("server");
-    let client = harness::spawn_client(
-        t.client(),
-        &[
-            "--server-nid",
-            SERVER_NID,
-            "--nid",
-            CLIENT_NID,
-            "--expect",
-            puts,
-            "--timeout-secs",
-            "60",
-            "--reconnects",
-            reconnects,
-        ],
+    let client = harness::lnet_client(
+        t,
+        puts,
+        Duration::from_secs(60),
+        &["--reconnects", reconnects],
     )
     .expect("client");
     (server, client)
@@ -218,7 +176,7 @@ fn static_mappings_change_while_traffic_flows() {
     let other = "203.0.113.77@tcp";
 
     // Other mappings come and go in the middle of a transfer: it never notices.
-    let (server, mut client) = paced_transfer(&t, "400", "0");
+    let (server, mut client) = paced_transfer(&t, 400, "0");
     let mut churns = 0;
     while client.running() {
         host.lnat(&["map", "add", other, "--iface", "eth0"])
@@ -239,7 +197,7 @@ fn static_mappings_change_while_traffic_flows() {
 
     // The mapping in use goes away mid-transfer and comes back: what arrives meanwhile is
     // rejected, as without lnat; the client reconnects and the transfer completes intact.
-    let (_server, client) = paced_transfer(&t, "400", "100");
+    let (_server, client) = paced_transfer(&t, 400, "100");
     std::thread::sleep(Duration::from_millis(500));
     host.lnat(&["map", "del", NAT_NID, "--iface", "eth0"])
         .expect("map del");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lnat_tests::{
     harness::{self, Host, Lnat},
-    topology::{CLIENT_NID, SERVER_NID, TopoOpts, Topology},
+    topology::{TopoOpts, Topology},
 };
 
 fn tc_filters(host: &Host) -> String {
@@ -13,44 +13,18 @@ fn tc_filters(host: &Host) -> String {
         .expect("tc filter show")
 }
 
-fn exchange(t: &Topology, puts: &str, reconnects: &str) -> lnat_tests::report::ClientReport {
-    let server = harness::server(
-        t.server(),
-        &[
-            "--nid",
-            SERVER_NID,
-            "--accept",
-            "all",
-            "--puts",
-            puts,
-            "--sizes",
-            "mixed",
-            "--conns",
-            "4",
-            "--hold-secs",
-            "5",
-        ],
-    )
-    .expect("server");
-    let report = harness::client(
-        t.client(),
-        &[
-            "--server-nid",
-            SERVER_NID,
-            "--nid",
-            CLIENT_NID,
-            "--expect",
-            puts,
-            "--timeout-secs",
-            "60",
-            "--reconnects",
-            reconnects,
-        ],
-        Duration::from_secs(90),
+/// `puts` mixed PUTs to the first client, allowing `reconnects`; its report.
+fn exchange(t: &Topology, puts: u64, reconnects: &str) -> lnat_tests::report::ClientReport {
+    let _server = harness::lnet_server(t, puts, "mixed", &["--conns", "4", "--hold-secs", "5"])
+        .expect("server");
+    let client = harness::lnet_client(
+        t,
+        puts,
+        Duration::from_secs(60),
+        &["--reconnects", reconnects],
     )
     .expect("client");
-    drop(server);
-    report
+    harness::client_report(client, Duration::from_secs(90)).expect("client report")
 }
 
 #[test]
@@ -64,7 +38,7 @@ fn clsact_mode_works_and_leaves_no_filter() {
         lnat.lines()
     );
     assert!(tc_filters(&host).contains("lnat"), "no filter");
-    let report = exchange(&t, "30", "0");
+    let report = exchange(&t, 30, "0");
     assert_eq!(report.status, "ok", "{}", report.reason);
     let again = host
         .lnat(&["attach", "eth0", "--attach-mode", "clsact"])
@@ -84,42 +58,15 @@ fn sigkill_mid_transfer_then_reattach_and_reconnect() {
     let lnat = Lnat::attach(&host, "eth0", &[]).expect("attach");
     let program = lnat.program_id().expect("program id");
     // A long transfer, killed in the middle.
-    let server = harness::server(
-        t.server(),
-        &[
-            "--nid",
-            SERVER_NID,
-            "--accept",
-            "all",
-            "--puts",
-            "600",
-            "--sizes",
-            "mixed",
-            "--pace-ms",
-            "5",
-            "--conns",
-            "12",
-            "--hold-secs",
-            "5",
-        ],
+    let server = harness::lnet_server(
+        &t,
+        600,
+        "mixed",
+        &["--pace-ms", "5", "--conns", "12", "--hold-secs", "5"],
     )
     .expect("server");
-    let client = harness::spawn_client(
-        t.client(),
-        &[
-            "--server-nid",
-            SERVER_NID,
-            "--nid",
-            CLIENT_NID,
-            "--expect",
-            "600",
-            "--timeout-secs",
-            "90",
-            "--reconnects",
-            "10",
-        ],
-    )
-    .expect("client");
+    let client = harness::lnet_client(&t, 600, Duration::from_secs(90), &["--reconnects", "10"])
+        .expect("client");
     std::thread::sleep(Duration::from_millis(700));
     lnat.kill().expect("kill");
     // The tcx link went with the process, and the program with it.
@@ -172,7 +119,7 @@ fn sigkill_in_clsact_mode_leaves_a_filter_the_next_attach_removes() {
         "{:?}",
         lnat.lines()
     );
-    let report = exchange(&t, "20", "0");
+    let report = exchange(&t, 20, "0");
     assert_eq!(report.status, "ok", "{}", report.reason);
     lnat.stop().expect("stop");
     assert!(!tc_filters(&host).contains("lnat"));
