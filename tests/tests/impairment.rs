@@ -1,19 +1,40 @@
 //! A bad network between the server and the client (loss, reordering, duplication), and drops
 //! after TC inside the client, which force retransmissions of segments lnat already rewrote:
 //! 1,000 PUTs of mixed sizes must arrive intact, on one connection, with no checksum errors.
-//! Each test prints what lnat dropped as out of order against what TCP retransmitted.
+//! Each test prints what lnat dropped as out of order against what TCP retransmitted, and the
+//! same transfer on the same bad network without lnat (a NAT that keeps ports needs none): what
+//! lnat's dropping adds to the network's own cost.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lnat_tests::{
     harness::{self, Host, Lnat},
     impair::Weather,
-    topology::{TopoOpts, Topology},
+    topology::{NatMode, TopoOpts, Topology},
 };
 
 const PUTS: u64 = 1000;
 
+/// The transfer through a NAT that keeps ports, without lnat; its time and TCP's
+/// retransmissions.
+fn without_lnat(tag: &str, opts: TopoOpts) -> (Duration, u64) {
+    let t = Topology::new(
+        &format!("{tag}0"),
+        TopoOpts {
+            nat: NatMode::KeepPort,
+            ..opts
+        },
+    )
+    .expect("topology");
+    let started = Instant::now();
+    let (client, served) = harness::puts(&t, PUTS, "mixed", &[], &[]).expect("exchange");
+    let took = started.elapsed();
+    harness::check_intact(&client, &served, 1000).expect("intact");
+    (took, t.server().nstat("TcpRetransSegs").expect("nstat"))
+}
+
 fn bad_network(tag: &str, opts: TopoOpts) {
+    let (base_took, base_retrans) = without_lnat(tag, opts);
     let mut t = Topology::new(tag, opts).expect("topology");
     let host = Host::new(t.client()).expect("host");
     let lnat = Lnat::attach(&host, "eth0", &[]).expect("attach");
@@ -35,7 +56,8 @@ fn bad_network(tag: &str, opts: TopoOpts) {
     let bridge = opts.impair.map(|_| t.impairment().expect("impairment"));
     println!(
         "RESULT {tag}: 1000 PUTs intact in {took:.1?}; lnat dropped {} out-of-order, {} contended, {} history misses; \
-         TCP retransmitted {retrans}; segments {}; bridge {bridge:?}",
+         TCP retransmitted {retrans}; segments {}; bridge {bridge:?}; without lnat: \
+         {base_took:.1?}, TCP retransmitted {base_retrans}",
         c["dropped_ooo"], c["contended"], c["history_misses"], c["segments"]
     );
 }
