@@ -10,6 +10,9 @@ use lnat_common::{
 
 use crate::maps;
 
+/// The errno a `BPF_NOEXIST` insert fails with when the key is there.
+const EEXIST: i32 = 17;
+
 /// The tracker's environment for one packet.
 pub struct DpEnv<'a> {
     ctx: &'a TcContext,
@@ -103,10 +106,11 @@ impl Env for DpEnv<'_> {
             last_used_ns: Self::now(),
         };
         let key = NidKey::of(ext);
-        if maps::MAPPINGS
-            .insert(key, m, aya_ebpf::bindings::BPF_NOEXIST as u64)
-            .is_err()
-        {
+        if let Err(e) = maps::MAPPINGS.insert(key, m, aya_ebpf::bindings::BPF_NOEXIST as u64) {
+            // Another CPU learned it first, from another connection: nothing left to do.
+            if e == -EEXIST {
+                return;
+            }
             maps::count(|c| c.learn_failed += 1);
             warn!(
                 self.ctx,

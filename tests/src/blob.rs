@@ -21,11 +21,20 @@ pub struct BlobReport {
     pub digest: String,
 }
 
-/// Accepts one connection on `listen` and sends `bytes` bytes made from `seed`.
-pub fn serve(listen: SocketAddr, bytes: u32, seed: u64) -> anyhow::Result<BlobReport> {
+/// Accepts one connection on `listen` and sends `bytes` bytes made from `seed`, or `text`
+/// repeated to that length (another protocol's look, rather than noise).
+pub fn serve(
+    listen: SocketAddr,
+    bytes: u32,
+    seed: u64,
+    text: Option<&str>,
+) -> anyhow::Result<BlobReport> {
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let (mut s, _) = listener.accept().context("accepting")?;
-    let data = workload::payload(seed, u64::MAX, bytes);
+    let data = match text {
+        Some(t) => t.bytes().cycle().take(bytes as usize).collect(),
+        None => workload::payload(seed, u64::MAX, bytes),
+    };
     s.write_all(&data).context("sending")?;
     Ok(BlobReport {
         bytes: data.len() as u64,

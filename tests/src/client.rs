@@ -5,6 +5,7 @@ use std::{
     collections::BTreeMap,
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -107,9 +108,15 @@ fn closed_by_peer(e: &anyhow::Error) -> bool {
     )
 }
 
+/// Runs started by this process so far.
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
 /// Runs the client and reports what it saw.
 pub fn run(opts: &ClientOpts) -> ClientReport {
     let deadline = Instant::now() + opts.timeout;
+    // Each run is a peer of its own: one incarnation, kept across its reconnections, so a
+    // server resending what a peer has not acknowledged tells apart runs sharing a NID.
+    let incarnation = 0x18eb_1e4a_51f6_4e1b + RUNS.fetch_add(1, Ordering::Relaxed);
     let mut report = ClientReport {
         role: "client".into(),
         ..ClientReport::default()
@@ -130,7 +137,14 @@ pub fn run(opts: &ClientOpts) -> ClientReport {
             Ok(stream) => {
                 report.connections += 1;
                 report.local_port = stream.local_addr().map_or(0, |a| a.port());
-                session(stream, opts, deadline, &mut report, &mut received)
+                session(
+                    stream,
+                    opts,
+                    incarnation,
+                    deadline,
+                    &mut report,
+                    &mut received,
+                )
             }
             Err(e) if io_kind(&e) == Some(ErrorKind::ConnectionRefused) => End::Failed(
                 format!(
@@ -169,7 +183,8 @@ pub fn run(opts: &ClientOpts) -> ClientReport {
 }
 
 /// Runs `n` clients at once (each its own connections), and reports them together: ok when
-/// all are, with every PUT any of them received (they receive the same ones).
+/// all are, with every PUT any of them received (they receive the same ones; an error if two
+/// received one differently).
 pub fn run_many(opts: &ClientOpts, n: usize) -> ClientReport {
     let threads: Vec<_> = (0..n)
         .map(|_| {
@@ -203,7 +218,14 @@ pub fn run_many(opts: &ClientOpts, n: usize) -> ClientReport {
             all.reason = r.reason;
         }
         all.server_hello_dst_nid = r.server_hello_dst_nid;
-        received.extend(r.received.into_iter().map(|p| (p.index, p)));
+        for p in r.received {
+            // They receive the same PUTs: one that differs between them was altered on the way.
+            if received.get(&p.index).is_some_and(|q| *q != p) {
+                all.status = Status::Error.as_str().into();
+                all.reason = format!("PUT {} differs between two clients", p.index);
+            }
+            received.insert(p.index, p);
+        }
     }
     all.received = received.into_values().collect();
     all
@@ -242,11 +264,12 @@ fn connect(opts: &ClientOpts) -> anyhow::Result<TcpStream> {
 fn session(
     stream: TcpStream,
     opts: &ClientOpts,
+    incarnation: u64,
     deadline: Instant,
     report: &mut ClientReport,
     received: &mut BTreeMap<u64, Put>,
 ) -> End {
-    match exchange(stream, opts, deadline, report, received) {
+    match exchange(stream, opts, incarnation, deadline, report, received) {
         Ok(end) => end,
         Err(e) if e.downcast_ref::<ChecksumError>().is_some() => {
             End::Failed(format!("{e}"), Status::Rejected)
@@ -259,6 +282,7 @@ fn session(
 fn exchange(
     stream: TcpStream,
     opts: &ClientOpts,
+    incarnation: u64,
     deadline: Instant,
     report: &mut ClientReport,
     received: &mut BTreeMap<u64, Put>,
@@ -275,7 +299,7 @@ fn exchange(
         },
         src_pid: wire::PID_LUSTRE,
         dst_pid: 0,
-        src_incarnation: 0x18eb_1e4a_51f6_4e1b,
+        src_incarnation: incarnation,
         dst_incarnation: 0,
         ctype: opts.ctype,
         nips: 0,

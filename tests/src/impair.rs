@@ -156,11 +156,14 @@ impl Drop for Port {
     }
 }
 
-/// Forwards between `a` and `b` until `stop` returns true, impairing `a` to `b` per `w`.
+/// Forwards between `a` and `b` until `stop` returns true, impairing `a` to `b` per `w` and
+/// pushing `tags` 802.1Q priority tags (VLAN 0, which hosts accept without a VLAN device) onto
+/// each of those frames.
 pub fn run(
     a: &str,
     b: &str,
     w: Weather,
+    tags: u8,
     mut stop: impl FnMut(&Tally) -> bool,
 ) -> anyhow::Result<Tally> {
     let (pa, pb) = (Port::open(a)?, Port::open(b)?);
@@ -189,8 +192,8 @@ pub fn run(
                 tally.overflowed += 1;
             }
         }
-        while let Some(n) = pa.recv(&mut buf) {
-            let frame = &buf[..n];
+        while let Some(n) = pa.recv(&mut buf[4 * tags as usize..]) {
+            let frame = tag(&mut buf[..n + 4 * tags as usize], tags);
             tally.forwarded += 1;
             if rng.chance(w.drop) {
                 tally.dropped += 1;
@@ -220,6 +223,19 @@ pub fn run(
     release(&pb, &mut held, true, &mut tally);
     tally.overflowed += pa.overflowed() + pb.overflowed();
     Ok(tally)
+}
+
+/// The frame received at `buf[4 * tags..]` with `tags` priority tags inserted after its MAC
+/// addresses.
+fn tag(buf: &mut [u8], tags: u8) -> &[u8] {
+    let shift = 4 * tags as usize;
+    if shift > 0 && buf.len() >= shift + 12 {
+        buf.copy_within(shift..shift + 12, 0);
+        for t in 0..tags as usize {
+            buf[12 + 4 * t..16 + 4 * t].copy_from_slice(&[0x81, 0x00, 0x00, 0x00]);
+        }
+    }
+    buf
 }
 
 /// Sends held frames that are due: overtaken by enough frames, or held for 2 ms.

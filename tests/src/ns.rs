@@ -94,6 +94,27 @@ impl Netns {
         Ok(())
     }
 
+    /// Runs `f` on a thread inside the namespace (setns(2) moves only the calling thread), for
+    /// a test that needs a socket of its own there: sockets stay in the namespace they were
+    /// made in, whichever thread uses them afterwards.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+        use std::os::fd::AsRawFd as _;
+        let path = format!("/run/netns/{}", self.name);
+        let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns(2) on an open namespace file, for this thread alone.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("entering {}", self.name));
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("a thread in {} panicked", self.name))?
+        })
+    }
+
     /// The absolute value of a kernel SNMP counter (e.g. `TcpInCsumErrors`) in the namespace.
     pub fn nstat(&self, counter: &str) -> anyhow::Result<u64> {
         let out = self.run(&["nstat", "-azs", counter])?;

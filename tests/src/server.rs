@@ -112,13 +112,21 @@ pub enum Corrupt {
 /// PUTs sent before a corruption.
 const GOOD_BEFORE_CORRUPT: u64 = 3;
 
-/// PUTs each peer NID has acknowledged, across its connections.
-type Acked = Arc<Mutex<BTreeMap<Nid, BTreeSet<u64>>>>;
+/// PUTs each peer (its NID and incarnation) has acknowledged, across its connections.
+type Acked = Arc<Mutex<BTreeMap<(Nid, u64), BTreeSet<u64>>>>;
 
 /// Listens on `opts.listen` and serves `opts.conns` connections, one thread each.
 pub fn serve(opts: &ServerOpts) -> anyhow::Result<ServerReport> {
-    let listener =
-        TcpListener::bind(opts.listen).with_context(|| format!("listening on {}", opts.listen))?;
+    let listen = || -> std::io::Result<TcpListener> {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&opts.listen.into())?;
+        // A backlog for thousands of clients dialling at once (std's 128 would overflow into
+        // SYN cookies and resets, which are not what the tests are about).
+        sock.listen(4096)?;
+        Ok(sock.into())
+    };
+    let listener = listen().with_context(|| format!("listening on {}", opts.listen))?;
     serve_on(listener, opts)
 }
 
@@ -239,11 +247,17 @@ fn handle(
             (4, 9)
         };
         endian.put_u32(&mut b, at, v);
+        // HELLO and FIN in one segment (corked until the shutdown): the peer rejects the HELLO
+        // at once and resets, and a FIN sent after that reset would never leave.
+        cork(w.stream())?;
         w.send(&b)?;
+        w.stream()
+            .shutdown(std::net::Shutdown::Write)
+            .context("sending FIN")?;
         return Ok(());
     }
     w.send_hello(&reply, endian)?;
-    let client = hello.src_nid;
+    let client = (hello.src_nid, hello.src_incarnation);
     let done: BTreeSet<u64> = acked
         .lock()
         .map(|a| a.get(&client).cloned().unwrap_or_default())
@@ -347,6 +361,26 @@ fn set_socket_options(stream: &TcpStream, opts: &ServerOpts) -> anyhow::Result<(
     Ok(())
 }
 
+/// Holds what is written back (TCP_CORK) until the socket is shut down or uncorked.
+fn cork(stream: &std::net::TcpStream) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with an int option on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setting TCP_CORK");
+    }
+    Ok(())
+}
+
 /// Breaks the protocol as `opts.corrupt` says, then closes.
 fn corrupt(
     w: &mut Wire,
@@ -368,19 +402,21 @@ fn corrupt(
         );
         lnet::encode_lnet(proto, endian, hdr, Vec::new(), false)
     };
+    // The bad unit and the bytes after it go in one write, so they arrive together: the peer
+    // gives up with bytes unread, and its close is a reset.
     match opts.corrupt {
         Some(Corrupt::MsgType) => {
             let mut m = lnet::encode_noop(proto, endian);
             endian.put_u32(&mut m, wire::ksock::TYPE, 0xc5);
+            m.extend_from_slice(&[0x5a; 200]);
             w.send(&m)?;
-            w.send(&[0x5a; 200])?;
         }
         Some(Corrupt::TooLong) => {
             let mut m = put(0);
             let at = proto.ksock_len() + proto.lnet_hdr().payload_length;
             endian.put_u32(&mut m, at, 2 * wire::LNET_MTU);
+            m.extend_from_slice(&[0x5a; 4096]);
             w.send(&m)?;
-            w.send(&[0x5a; 4096])?;
         }
         Some(Corrupt::Truncated) => {
             w.send(&put(0)[..30])?;
@@ -419,7 +455,7 @@ fn read_acks(
     stream: TcpStream,
     proto: Proto,
     endian: Endian,
-    client: Nid,
+    client: (Nid, u64),
     me: Nid,
     acked: &Acked,
 ) -> Option<String> {

@@ -86,11 +86,13 @@ pub struct TopoOpts {
     pub client_mtu: Option<u32>,
     /// BIG TCP: GSO and GRO packets up to this size (IPv4; Linux 6.3+).
     pub big_tcp: Option<u32>,
-    /// The first client reaches the router over this VLAN: its address is on `eth0.VID`, and
-    /// the frames on `eth0` are tagged.
-    pub vlan: Option<u16>,
     /// The NAT forwards its port 988 to the first client (an LNet server behind the NAT).
     pub forward_acceptor: bool,
+    /// 802.1Q priority tags (VLAN 0) an impairment bridge (lossless unless `impair` says
+    /// otherwise) pushes onto every frame to the first client, up to 2. The kernel takes the
+    /// outer tag off before TC, leaves a second one in the frame TC sees, and delivers both
+    /// without a VLAN device (which kernels without 802.1Q support, like CI's, cannot make).
+    pub tags: u8,
 }
 
 impl Default for TopoOpts {
@@ -108,8 +110,8 @@ impl Default for TopoOpts {
             post_tc_drop: 0,
             client_mtu: None,
             big_tcp: None,
-            vlan: None,
             forward_acceptor: false,
+            tags: 0,
         }
     }
 }
@@ -198,13 +200,13 @@ impl Topology {
         if opts.clients == 0 || opts.clients > 8 || opts.servers == 0 || opts.servers > 8 {
             bail!("between 1 and 8 clients and servers");
         }
+        let weather = opts.impair.or((opts.tags > 0).then(Weather::default));
         let mut t = Topology {
             bridge_proc: None,
             clients: (0..opts.clients)
                 .map(|i| Netns::new(&format!("{tag}-c{i}")))
                 .collect::<anyhow::Result<_>>()?,
-            bridge: opts
-                .impair
+            bridge: weather
                 .map(|_| Netns::new(&format!("{tag}-b")))
                 .transpose()?,
             router: Netns::new(&format!("{tag}-r"))?,
@@ -226,39 +228,15 @@ impl Topology {
                 }
                 _ => veth(c, "eth0", &t.router, &port)?,
             }
-            let (ip_dev, bridge_port) = match opts.vlan.filter(|_| i == 0) {
-                Some(vid) => {
-                    let (cdev, rdev) = (format!("eth0.{vid}"), format!("{port}.{vid}"));
-                    for (ns, parent, dev) in [(c, "eth0", &cdev), (&t.router, port.as_str(), &rdev)]
-                    {
-                        ns.run(&[
-                            "ip",
-                            "link",
-                            "add",
-                            "link",
-                            parent,
-                            "name",
-                            dev,
-                            "type",
-                            "vlan",
-                            "id",
-                            &vid.to_string(),
-                        ])?;
-                        ns.run(&["ip", "link", "set", dev, "up"])?;
-                    }
-                    (cdev, rdev)
-                }
-                None => ("eth0".to_owned(), port.clone()),
-            };
             t.router
-                .run(&["ip", "link", "set", &bridge_port, "master", "br0"])?;
+                .run(&["ip", "link", "set", &port, "master", "br0"])?;
             c.run(&[
                 "ip",
                 "addr",
                 "add",
                 &format!("{}/24", client_addr(i)),
                 "dev",
-                &ip_dev,
+                "eth0",
             ])?;
             let mut route = vec!["ip", "route", "add", "default", "via", ROUTER_IN];
             let mss = opts.client_mss.map(|m| m.to_string());
@@ -330,7 +308,7 @@ impl Topology {
             }
         }
         t.rules(&opts)?;
-        if let (Some(b), Some(w)) = (&t.bridge, opts.impair) {
+        if let (Some(b), Some(w)) = (&t.bridge, weather) {
             let bin = harness::peer_bin();
             let p = b.spawn(&[
                 &bin.to_string_lossy(),
@@ -347,6 +325,8 @@ impl Topology {
                 &w.dup.to_string(),
                 "--seed",
                 &w.seed.to_string(),
+                "--tags",
+                &opts.tags.to_string(),
             ])?;
             t.bridge_proc = Some(p);
         }

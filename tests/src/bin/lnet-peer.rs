@@ -49,6 +49,9 @@ enum Role {
         /// Seed of the bytes.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Send this text, repeated, instead of seeded bytes.
+        #[arg(long)]
+        text: Option<String>,
     },
     /// Not LNet: connect and read to the end.
     BlobClient {
@@ -175,6 +178,9 @@ struct ImpairArgs {
     /// Seed of the decisions.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// 802.1Q priority tags (VLAN 0) pushed onto each frame forwarded (0 to 2).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    tags: u8,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -222,13 +228,31 @@ extern "C" fn on_term(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
+/// Raises the soft limit on open files to the hard one: thousands of connections at once (two
+/// descriptors each) need more than the usual 1,024.
+fn raise_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    raise_nofile();
     match Cli::parse().role {
         Role::BlobServer {
             listen,
             bytes,
             seed,
-        } => finish(blob::serve(listen, bytes, seed)),
+            text,
+        } => finish(blob::serve(listen, bytes, seed, text.as_deref())),
         Role::BlobClient { server, src_port } => {
             finish(blob::fetch(server, src_port, Duration::from_secs(60)))
         }
@@ -244,7 +268,7 @@ fn main() -> ExitCode {
                 dup: a.dup,
                 seed: a.seed,
             };
-            finish(impair::run(&a.from, &a.to, w, |_| {
+            finish(impair::run(&a.from, &a.to, w, a.tags, |_| {
                 STOP.load(Ordering::Relaxed)
             }))
         }
