@@ -206,6 +206,11 @@ impl<'h> Lnat<'h> {
         }
     }
 
+    /// Every counter from `lnat status`.
+    pub fn counters(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(self.status()?["counters"].clone())
+    }
+
     /// One counter from `lnat status`.
     pub fn counter(&self, name: &str) -> anyhow::Result<u64> {
         let s = self.status()?;
@@ -304,6 +309,37 @@ pub fn client_report(p: Proc, timeout: Duration) -> anyhow::Result<ClientReport>
 /// Runs `lnet-peer client ARGS...` in `ns` to the end and returns its report.
 pub fn client(ns: &Netns, args: &[&str], timeout: Duration) -> anyhow::Result<ClientReport> {
     client_report(spawn_client(ns, args)?, timeout)
+}
+
+/// A byte stream that is not LNet across `t`: `lnet-peer blob-server --listen 0.0.0.0:PORT
+/// ARGS` in the server, read to its end by `blob-client` in the first client (from `src_port`,
+/// if given); the server's and the client's reports (bytes, digest).
+pub fn blob(
+    t: &Topology,
+    port: u16,
+    src_port: Option<u16>,
+    server_args: &[&str],
+) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
+    const TIMEOUT: Duration = Duration::from_secs(240);
+    let bin = peer_bin();
+    let bin = bin.to_string_lossy();
+    let listen = format!("0.0.0.0:{port}");
+    let mut args = vec![bin.as_ref(), "blob-server", "--listen", &listen];
+    args.extend_from_slice(server_args);
+    let server = t.server().spawn(&args)?;
+    t.server().wait_listening(port, Duration::from_secs(10))?;
+    let addr = format!("{}:{port}", crate::topology::SERVER);
+    let mut args = vec![bin.as_ref(), "blob-client", "--server", &addr];
+    let sp = src_port.map(|p| p.to_string());
+    if let Some(p) = &sp {
+        args.extend(["--src-port", p]);
+    }
+    let got = t.client().spawn(&args)?.wait(TIMEOUT)?;
+    let sent = server.wait(TIMEOUT)?;
+    let report = |o: &std::process::Output| -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&o.stdout).context("parsing a blob report")
+    };
+    Ok((report(&sent)?, report(&got)?))
 }
 
 /// Runs one exchange: `lnet-peer server ARGS` in `server_ns` (waiting until it listens on 988),

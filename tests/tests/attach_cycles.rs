@@ -100,7 +100,7 @@ fn a_hundred_attach_detach_cycles_under_traffic_leave_nothing_behind() {
             );
         }
         std::thread::sleep(Duration::from_millis(150));
-        let c = lnat.status().expect("status")["counters"].clone();
+        let c = lnat.counters().expect("counters");
         segments += c["segments"].as_u64().expect("segments");
         rewritten += c["rewritten"].as_u64().expect("rewritten");
         assert_eq!(c["desynced"], 0, "cycle {cycle}: {c}");

@@ -30,11 +30,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// PUTs of the normal exchange that follows each break.
 const AFTER: u64 = 50;
 
-/// The counters of `lnat`.
-fn counters(lnat: &Lnat<'_>) -> serde_json::Value {
-    lnat.status().expect("status")["counters"].clone()
-}
-
 /// How far counter `k` moved from `before` to `after`.
 fn delta(before: &serde_json::Value, after: &serde_json::Value, k: &str) -> u64 {
     after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0)
@@ -43,11 +38,11 @@ fn delta(before: &serde_json::Value, after: &serde_json::Value, k: &str) -> u64 
 /// A normal exchange on the same attachment: intact, every NID rewritten, nothing given up, and
 /// no flow left behind.
 fn then_a_normal_exchange(t: &Topology, lnat: &Lnat<'_>, what: &str) {
-    let before = counters(lnat);
+    let before = lnat.counters().expect("counters");
     let (client, served) = harness::puts(t, AFTER, "mixed", &[], &[]).expect("exchange");
     harness::check_intact(&client, &served, AFTER as usize)
         .unwrap_or_else(|e| panic!("{what}: {e:#}"));
-    let after = counters(lnat);
+    let after = lnat.counters().expect("counters");
     assert_eq!(
         delta(&before, &after, "rewritten"),
         AFTER + 1,
@@ -104,7 +99,7 @@ fn broken(tag: &str, b: &Break) {
         "{m}: received a PUT the server did not send"
     );
     assert_eq!(client.received.len(), b.good, "{m}");
-    let c = counters(&lnat);
+    let c = lnat.counters().expect("counters");
     assert_eq!(c["flows_opened"], 1, "{m}: {c}");
     assert_eq!(c["rewritten"].as_u64(), Some(b.rewritten), "{m}: {c}");
     assert_eq!(
@@ -127,7 +122,7 @@ fn broken(tag: &str, b: &Break) {
     if b.server_closes {
         lnat.wait_no_flows(Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{m}: {e:#}"));
-        assert_eq!(counters(&lnat)["flows_closed"], 1, "{m}");
+        assert_eq!(lnat.counters().expect("counters")["flows_closed"], 1, "{m}");
     } else {
         // The client reset the connection: lnat never saw it end. The flow stays, given up.
         let status = lnat.status().expect("status");
@@ -239,38 +234,10 @@ fn another_protocol_on_port_988_passes_byte_for_byte() {
     let t = Topology::new("http", TopoOpts::default()).expect("topology");
     let host = Host::new(t.client()).expect("host");
     let mut lnat = Lnat::attach(&host, "eth0", &[]).expect("attach");
-    let bin = harness::peer_bin();
-    let bin = bin.to_string_lossy();
     let text = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nnot LNet at all\r\n";
-    let server = t
-        .server()
-        .spawn(&[
-            &bin,
-            "blob-server",
-            "--listen",
-            "0.0.0.0:988",
-            "--bytes",
-            "1000000",
-            "--text",
-            text,
-        ])
-        .expect("blob server");
-    t.server()
-        .wait_listening(988, Duration::from_secs(10))
-        .expect("listening");
     // From a reserved port, as an LNet client would dial.
-    let addr = format!("{SERVER}:988");
-    let got = t
-        .client()
-        .spawn(&[&bin, "blob-client", "--server", &addr, "--src-port", "1000"])
-        .expect("blob client")
-        .wait(WAIT)
-        .expect("blob client");
-    let sent = server.wait(WAIT).expect("blob server");
-    let report = |o: &std::process::Output| -> serde_json::Value {
-        serde_json::from_slice(&o.stdout).expect("blob report")
-    };
-    let (sent, got) = (report(&sent), report(&got));
+    let (sent, got) =
+        harness::blob(&t, 988, Some(1000), &["--bytes", "1000000", "--text", text]).expect("blob");
     assert_eq!(sent["bytes"], 1_000_000);
     assert_eq!(got, sent, "the bytes differ");
     lnat.wait_line(
@@ -280,7 +247,7 @@ fn another_protocol_on_port_988_passes_byte_for_byte() {
     .expect("given up");
     lnat.wait_no_flows(Duration::from_secs(10))
         .expect("flows freed");
-    let c = counters(&lnat);
+    let c = lnat.counters().expect("counters");
     // Given up on its first segment; the rest passed unread.
     assert_eq!(c["segments"], 1, "{c}");
     assert_eq!(c["desynced"], 1, "{c}");
@@ -333,7 +300,7 @@ fn ipv4_options_are_read_past() {
         harness::puts(&t, 100, "mixed", &["--ip-options"], &[]).expect("exchange");
     harness::check_intact(&client, &served, 100).expect("intact");
     assert!(counted(&t)[0] > 0, "no packet carried IPv4 options");
-    let c = counters(&lnat);
+    let c = lnat.counters().expect("counters");
     assert_eq!(c["rewritten"], 101, "{c}");
     assert_eq!(c["desynced"], 0, "{c}");
     assert_eq!(t.client().nstat("TcpInCsumErrors").expect("nstat"), 0);
@@ -370,7 +337,7 @@ fn ipv4_fragments_make_the_flow_give_up_untouched() {
         t.client().nstat("IpReasmOKs").expect("nstat") > 0,
         "nothing was fragmented"
     );
-    let c = counters(&lnat);
+    let c = lnat.counters().expect("counters");
     assert!(c["fragments"].as_u64() >= Some(2), "{c}");
     assert_eq!(c["desynced"], 1, "{c}");
     // The HELLO and the first PUT, both short enough to arrive whole.
@@ -402,7 +369,7 @@ fn udp_and_icmp_pass_untouched() {
     let t = Topology::new("noTCP", TopoOpts::default()).expect("topology");
     let host = Host::new(t.client()).expect("host");
     let lnat = Lnat::attach(&host, "eth0", &[]).expect("attach");
-    let before = counters(&lnat);
+    let before = lnat.counters().expect("counters");
     let data = lnet_lookalike();
     // UDP from port 988 to port 988, echoed by the server.
     let server = t
@@ -461,7 +428,7 @@ fn udp_and_icmp_pass_untouched() {
     };
     assert_eq!(reply[0], 0, "an echo reply");
     assert_eq!(&reply[8..], &data[..], "ICMP payload changed");
-    let after = counters(&lnat);
+    let after = lnat.counters().expect("counters");
     for k in [
         "segments",
         "rewritten",
@@ -509,7 +476,7 @@ fn tagged(tag: &str, tags: u8) {
         frames[usize::from(tags) - 1] > 100,
         "{tags} tags: {frames:?}"
     );
-    let c = counters(&lnat);
+    let c = lnat.counters().expect("counters");
     assert_eq!(c["rewritten"], 101, "{c}");
     assert_eq!(c["desynced"], 0, "{c}");
     lnat.wait_no_flows(Duration::from_secs(10))

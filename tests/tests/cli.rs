@@ -215,7 +215,7 @@ fn static_mappings_change_while_traffic_flows() {
         workload::expected(&Sizes::Small, 1, me, 400)
     );
     assert_eq!(t.client().nstat("TcpInCsumErrors").expect("nstat"), 0);
-    let c = lnat.status().expect("status")["counters"].clone();
+    let c = lnat.counters().expect("counters");
     assert_eq!(c["desynced"], 0, "{c}");
     assert_eq!(c["conflicts"], 0, "{c}");
     println!(

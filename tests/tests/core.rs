@@ -11,8 +11,6 @@ use lnat_tests::{
     topology::{CLIENT_NID, NAT_NID, NatMode, TopoOpts, Topology},
 };
 
-const LONG: Duration = Duration::from_secs(240);
-
 /// `harness::puts`, expecting it to run.
 fn exchange(
     t: &Topology,
@@ -194,43 +192,13 @@ fn keepport_nat_traffic_passes_unchanged() {
     assert!(status["mappings"].as_array().is_some_and(Vec::is_empty));
 }
 
-/// A byte stream that is not LNet, on `port`, read by the client (from `src_port`).
+/// Digests of a byte stream that is not LNet, on `port`, as sent and as the client (from
+/// `src_port`) read it.
 fn blob(t: &Topology, port: u16, src_port: Option<u16>) -> (String, String) {
-    let listen = format!("0.0.0.0:{port}");
-    let bin = harness::peer_bin();
-    let bin = bin.to_string_lossy();
-    let server = t
-        .server()
-        .spawn(&[
-            &bin,
-            "blob-server",
-            "--listen",
-            &listen,
-            "--bytes",
-            "3000000",
-            "--seed",
-            "9",
-        ])
-        .expect("blob server");
-    std::thread::sleep(Duration::from_millis(150));
-    let addr = format!("203.0.113.10:{port}");
-    let mut args = vec![bin.as_ref(), "blob-client", "--server", &addr];
-    let sp = src_port.map(|p| p.to_string());
-    if let Some(p) = &sp {
-        args.extend(["--src-port", p]);
-    }
-    let got = t
-        .client()
-        .spawn(&args)
-        .expect("blob client")
-        .wait(LONG)
-        .expect("blob client");
-    let sent = server.wait(LONG).expect("blob server");
-    let parse = |o: &std::process::Output| {
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("blob report");
-        v["digest"].as_str().unwrap_or_default().to_owned()
-    };
-    (parse(&sent), parse(&got))
+    let (sent, got) =
+        harness::blob(t, port, src_port, &["--bytes", "3000000", "--seed", "9"]).expect("blob");
+    let digest = |v: serde_json::Value| v["digest"].as_str().unwrap_or_default().to_owned();
+    (digest(sent), digest(got))
 }
 
 #[test]

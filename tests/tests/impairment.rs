@@ -48,7 +48,7 @@ fn bad_network(tag: &str, opts: TopoOpts) {
         client.reason
     );
     assert_eq!(t.client().nstat("TcpInCsumErrors").expect("nstat"), 0);
-    let c = lnat.status().expect("status")["counters"].clone();
+    let c = lnat.counters().expect("counters");
     assert_eq!(c["desynced"], 0, "{c}");
     assert_eq!(c["conflicts"], 0, "{c}");
     assert_eq!(c["rewritten"], 1001, "{c}");

@@ -48,11 +48,6 @@ fn dial(ns: &Netns, nid: &str, server: &str, server_nid: &str, n: u64, extra: &[
     harness::spawn_client(ns, &args).expect("client")
 }
 
-/// The counters of `lnat`.
-fn counters(lnat: &Lnat<'_>) -> serde_json::Value {
-    lnat.status().expect("status")["counters"].clone()
-}
-
 #[test]
 fn two_clients_behind_one_nat_each_receive_their_own_messages() {
     const PUTS: u64 = 100;
@@ -294,7 +289,7 @@ fn two_thousand_connections_are_followed_at_once() {
     assert_eq!(peak as u64, CONNS, "connections followed at once");
     lnat.wait_no_flows(Duration::from_secs(20))
         .expect("flows freed");
-    let c = counters(&lnat);
+    let c = lnat.counters().expect("counters");
     assert_eq!(c["flows_opened"].as_u64(), Some(CONNS), "{c}");
     assert_eq!(c["flows_closed"].as_u64(), Some(CONNS), "{c}");
     assert_eq!(c["rewritten"].as_u64(), Some(CONNS * (PUTS + 1)), "{c}");
@@ -359,7 +354,7 @@ fn more_connections_than_the_flow_table_holds() {
     assert_eq!(stderr.lines().count(), rejections, "{stderr}");
     assert_eq!(rejections as u32, client.failures);
     assert!(client.failures > 0, "no connection lost its flow");
-    let c = counters(&lnat);
+    let c = lnat.counters().expect("counters");
     assert!(c["evicted"].as_u64() > Some(0), "{c}");
     // Each reconnection was followed afresh from its handshake.
     assert_eq!(

@@ -29,7 +29,7 @@ fn every_version_and_byte_order_is_rewritten() {
         (&["--proto", "3"], &["--endian", "big"], false),
     ];
     for (client_args, server_args, csum) in variants {
-        let before = lnat.status().expect("status")["counters"].clone();
+        let before = lnat.counters().expect("counters");
         let (client, served) =
             harness::puts(&t, PUTS, "mixed", server_args, client_args).expect("exchange");
         let what = format!("client {client_args:?} server {server_args:?}");
@@ -40,7 +40,7 @@ fn every_version_and_byte_order_is_rewritten() {
             client_args[1],
             "{what}"
         );
-        let after = lnat.status().expect("status")["counters"].clone();
+        let after = lnat.counters().expect("counters");
         let delta = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
         assert_eq!(delta("rewritten"), PUTS + 1, "{what}: {after}");
         assert_eq!(

@@ -18,7 +18,7 @@ fn intact(t: &Topology, puts: u64, sizes: &str, server_extra: &[&str]) -> (u64, 
     let (client, served) = harness::puts(t, puts, sizes, server_extra, &[]).expect("exchange");
     harness::check_intact(&client, &served, puts as usize).expect("intact");
     assert_eq!(t.client().nstat("TcpInCsumErrors").expect("nstat"), 0);
-    let c = lnat.status().expect("status")["counters"].clone();
+    let c = lnat.counters().expect("counters");
     assert_eq!(c["rewritten"].as_u64(), Some(puts + 1), "{c}");
     assert_eq!(c["desynced"], 0, "{c}");
     assert_eq!(c["conflicts"], 0, "{c}");
