@@ -354,8 +354,11 @@ pub struct Weather {
 pub struct Delivered {
     /// The receiving stack's view: each byte from the first copy it accepted.
     pub received: Vec<u8>,
-    /// Every copy the datapath passed, with its bytes as passed.
+    /// Every copy the datapath passed knowing all its patches, with its bytes as passed.
     pub copies: Vec<(usize, Vec<u8>)>,
+    /// Copies reaching back past the patch history (counted and passed as they are, a documented
+    /// limit): the receiver still checks what they delivered.
+    pub misses: usize,
     /// Copies the datapath dropped as out of order.
     pub dropped: usize,
     /// The environment after the delivery.
@@ -394,6 +397,7 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
     let mut received = vec![0u8; n];
     let mut copies = Vec::new();
     let mut dropped = 0;
+    let mut misses = 0;
     let mut next_new = 0usize;
     let mut rounds = 0;
     while have.iter().any(|h| !h) {
@@ -454,9 +458,9 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
                 dropped += 1;
                 continue;
             }
-            Admit::Pass | Admit::Track { .. } => {}
+            Admit::Track { miss: true } => misses += 1,
+            Admit::Pass | Admit::Track { miss: false } => copies.push((start, bytes.clone())),
         }
-        copies.push((start, bytes.clone()));
         if seg.dropped_after {
             continue;
         }
@@ -471,6 +475,7 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
         received,
         copies,
         dropped,
+        misses,
         env,
         tracker: t,
     }
