@@ -13,6 +13,7 @@ pub mod csum;
 pub mod history;
 pub mod maps;
 pub mod nid;
+pub mod quiet;
 pub mod segment;
 pub mod seq;
 pub mod tracker;

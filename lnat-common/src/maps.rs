@@ -3,7 +3,7 @@
 //! All are `#[repr(C)]` plain data. Addresses are kept as four bytes in dotted order and NIDs as
 //! (address, LND, number) so that `bpftool map dump` of the BTF-typed maps reads naturally.
 
-use crate::{history::PatchWalk, nid::Nid, tracker::Tracker};
+use crate::{history::PatchWalk, nid::Nid, quiet::Quiet, tracker::Tracker};
 
 /// Most LNet ports one attachment follows.
 pub const MAX_PORTS: usize = 8;
@@ -189,6 +189,9 @@ pub struct Counters {
     pub fragments: u64,
     /// Segments dropped because another CPU was working on their connection (TCP resends them).
     pub contended: u64,
+    /// Of `segments`, those passed on their flow's quiet window without the tracker: the
+    /// middle of payloads, most of a bulk transfer (see `quiet`).
+    pub quiet: u64,
 }
 
 /// The adapter's cache of the last mapping lookup, so headers to the same NID skip the map.
@@ -223,6 +226,8 @@ pub struct FlowState {
     pub rewrites: u64,
     /// The CPU working on the flow right now, plus one (0: none); see the datapath's `Claim`.
     pub owner: u64,
+    /// Where segments pass without the tracker, as the claim's last holder left it.
+    pub quiet: Quiet,
     /// Sequence number of the stream's first byte: tells a repeated handshake from a new one.
     pub start: u32,
     /// Keeps the struct a multiple of 8 bytes.
@@ -270,6 +275,10 @@ pub struct Work {
     pub rewrites: u32,
     /// 1 when the packet could not be read or written.
     pub failed: u32,
+    /// Bytes from the start of the packet made linear (writable) so far.
+    pub pulled: u32,
+    /// Keeps the size a multiple of 8.
+    pub _pad: u32,
 }
 
 /// A learned mapping, as the datapath reports it to `lnat attach`.

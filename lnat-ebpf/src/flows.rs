@@ -5,6 +5,7 @@ use core::intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg};
 use lnat_common::{
     maps::{FlowState, LookupCache, SegmentInfo},
     nid::Nid,
+    quiet::Quiet,
     tracker::Role,
 };
 
@@ -67,7 +68,10 @@ pub fn open(seg: &SegmentInfo, role: Role) {
         // SAFETY: a live flow-table value this CPU has claimed.
         let f = unsafe { &mut *f };
         if f.start != start {
-            // The same four-tuple with a new sequence space: a new connection.
+            // The same four-tuple with a new sequence space: a new connection. Its old window
+            // goes first, as readers do not take the claim.
+            // SAFETY: an aligned word of the claimed value.
+            unsafe { core::ptr::write_volatile(&raw mut f.quiet, Quiet::NONE) };
             f.start = start;
             f.tracker.reset(role, start, local, hint);
             f.cache = LookupCache::default();
@@ -86,6 +90,7 @@ pub fn open(seg: &SegmentInfo, role: Role) {
     let f = unsafe { &mut *scratch };
     f.start = start;
     f.owner = 0;
+    f.quiet = Quiet::NONE;
     f.tracker.reset(role, start, local, hint);
     f.cache = LookupCache::default();
     f.rewrites = 0;

@@ -1,9 +1,9 @@
 //! Finding the TCP segment in an ingress packet, and whether it is on an LNet port.
 //!
-//! Headers are read into one small buffer: the entry point's frame shares the 512-byte eBPF
-//! stack with the rewrite loops.
+//! Headers are read in place from the packet's linear area, where the stack keeps them for
+//! every packet it builds (GRO included): no helper call on the path every packet takes.
 
-use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
+use aya_ebpf::{helpers::generated::bpf_skb_pull_data, programs::TcContext};
 use lnat_common::{maps::SegmentInfo, tracker::Role};
 
 use crate::maps;
@@ -12,6 +12,8 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
+/// Furthest a header read starts: two VLAN tags, then 60 bytes of IP header.
+const MAX_OFF: usize = 128;
 
 /// TCP flags lnat acts on.
 pub const FIN: u8 = 0x01;
@@ -22,14 +24,44 @@ pub const RST: u8 = 0x04;
 /// Acknowledgement.
 pub const ACK: u8 = 0x10;
 
-/// Reads `N` bytes at `off` into `h`; false if the packet is shorter. A constant length, as
-/// the verifier wants (aya's `load_bytes` clamps it to the packet, which may be zero).
-fn load<const N: usize>(ctx: &TcContext, off: u32, h: &mut [u8; 24]) -> bool {
-    // SAFETY: `h` holds at least N (<= 24) bytes; the helper checks the packet side.
-    unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), off, h.as_mut_ptr().cast(), N as u32) == 0 }
+/// `v`, with everything the compiler knows about it forgotten, so that the bounds check below
+/// stays in the form the verifier reads (a packet pointer compared with the packet's end).
+#[inline(always)]
+fn opaque(v: usize) -> usize {
+    // SAFETY: reads a local.
+    unsafe { core::ptr::read_volatile(&v) }
 }
 
-fn be16(h: &[u8; 24], off: usize) -> u16 {
+/// The `N` bytes at `off`, if the linear area holds them.
+#[inline(always)]
+fn linear<const N: usize>(ctx: &TcContext, off: usize) -> Option<&[u8; N]> {
+    let off = opaque(off);
+    if off > MAX_OFF {
+        return None;
+    }
+    let at = ctx.data() + off;
+    if at + N > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: `at..at + N` lies within the packet's linear data, checked just above.
+    Some(unsafe { &*(at as *const [u8; N]) })
+}
+
+/// The `N` bytes at `off`, read in place; a packet whose headers a driver left outside the
+/// linear area has them pulled in first. `None` if the packet is shorter.
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &TcContext, off: usize) -> Option<&[u8; N]> {
+    if let Some(b) = linear::<N>(ctx, off) {
+        return Some(b);
+    }
+    // SAFETY: the helper checks the length against the packet.
+    if unsafe { bpf_skb_pull_data(ctx.skb.skb.cast(), (off + N) as u32) } != 0 {
+        return None;
+    }
+    linear::<N>(ctx, off)
+}
+
+fn be16(h: &[u8], off: usize) -> u16 {
     u16::from_be_bytes([h[off], h[off + 1]])
 }
 
@@ -46,21 +78,19 @@ pub fn parse(ctx: &TcContext, seg: &mut SegmentInfo) -> bool {
 
 fn read(ctx: &TcContext, seg: &mut SegmentInfo) -> Option<()> {
     let cfg = maps::config()?;
-    // One buffer, reused for each header, and every field stored into `seg` (map memory) as
-    // soon as it is read: three helper reads and 24 bytes of stack.
-    let mut h = [0u8; 24];
+    // Every field goes into `seg` (map memory) as soon as it is read: a later read may pull
+    // the packet, which ends the life of the bytes read before it.
     let mut l3 = cfg.l2_len as usize;
     if l3 != 0 {
-        if !load::<22>(ctx, 0, &mut h) {
-            return None;
-        }
-        let mut proto = be16(&h, 12);
+        let h = bytes::<14>(ctx, 0)?;
+        let mut proto = be16(h, 12);
         // Tags the device left in the frame (it usually strips them into skb->vlan_tci).
         if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-            proto = be16(&h, 16);
+            let t = bytes::<22>(ctx, 0)?;
+            proto = be16(t, 16);
             l3 += 4;
             if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-                proto = be16(&h, 20);
+                proto = be16(t, 20);
                 l3 += 4;
             }
         }
@@ -70,14 +100,12 @@ fn read(ctx: &TcContext, seg: &mut SegmentInfo) -> Option<()> {
     } else if u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16) != ETH_P_IP {
         return passed();
     }
-    if !load::<20>(ctx, l3 as u32, &mut h) {
-        return None;
-    }
+    let h = bytes::<20>(ctx, l3)?;
     let ihl = ((h[0] & 0x0f) as u32) * 4;
     if h[0] >> 4 != 4 || ihl < 20 || h[9] != IPPROTO_TCP {
         return passed();
     }
-    let frag = be16(&h, 6);
+    let frag = be16(h, 6);
     if frag & 0x1fff != 0 {
         // A later fragment: no TCP header to tell whose it is.
         maps::count(|c| c.fragments += 1);
@@ -89,17 +117,15 @@ fn read(ctx: &TcContext, seg: &mut SegmentInfo) -> Option<()> {
     seg.key.peer_addr = [h[12], h[13], h[14], h[15]];
     seg.key.local_addr = [h[16], h[17], h[18], h[19]];
     // BIG TCP packets carry a zero total length; their length is the skb's.
-    let tot_len = be16(&h, 2) as u32;
+    let tot_len = be16(h, 2) as u32;
     let ip_len = if tot_len == 0 {
         ctx.len().saturating_sub(l3 as u32)
     } else {
         tot_len
     };
-    let l4 = l3 as u32 + ihl;
-    if !load::<20>(ctx, l4, &mut h) {
-        return None;
-    }
-    let (sport, dport) = (be16(&h, 0), be16(&h, 2));
+    let l4 = l3 + ihl as usize;
+    let h = bytes::<20>(ctx, l4)?;
+    let (sport, dport) = (be16(h, 0), be16(h, 2));
     seg.role = match cfg.lnet_side(sport, dport) {
         Some(true) => Role::Active as u8,
         Some(false) => Role::Passive as u8,
@@ -113,8 +139,8 @@ fn read(ctx: &TcContext, seg: &mut SegmentInfo) -> Option<()> {
     seg.key.local_port = dport;
     seg.seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
     seg.len = ip_len.saturating_sub(ihl + thl);
-    seg.payload_off = l4 + thl;
-    seg.check_off = l4 + 16;
+    seg.payload_off = l4 as u32 + thl;
+    seg.check_off = l4 as u32 + 16;
     seg.flags = h[13];
     Some(())
 }

@@ -2,7 +2,9 @@
 
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::generated::{bpf_l4_csum_replace, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    helpers::generated::{
+        bpf_l4_csum_replace, bpf_skb_load_bytes, bpf_skb_pull_data, bpf_skb_store_bytes,
+    },
     programs::TcContext,
 };
 use lnat_common::{csum, history::Clip, maps::SegmentInfo, segment::Packet};
@@ -22,14 +24,38 @@ fn opaque(v: u32) -> u32 {
 pub struct SkbPacket {
     skb: *mut __sk_buff,
     seg: *const SegmentInfo,
+    /// Bytes from the start of the packet made linear so far, kept in map memory (the work
+    /// area), which the verifier does not follow value by value.
+    pulled: *mut u32,
 }
 
 impl SkbPacket {
-    /// The payload of `seg` (kept in map memory) in `ctx`.
-    pub fn new(ctx: &TcContext, seg: *const SegmentInfo) -> Self {
+    /// The payload of `seg` in `ctx`; `pulled` counts what is linear (both in map memory).
+    pub fn new(ctx: &TcContext, seg: *const SegmentInfo, pulled: *mut u32) -> Self {
         SkbPacket {
             skb: ctx.skb.skb,
             seg,
+            pulled,
+        }
+    }
+
+    /// Makes the packet linear up to `end` before a write there. The kernel makes a write deep
+    /// in a GRO packet writable by pulling everything before it into the linear area, growing
+    /// (reallocating and copying) that area each time: a packet of many headers paid one copy
+    /// per header. Pulling ahead geometrically, to twice what is pulled already, bounds it to a
+    /// few. A failed pull is left to the store, which then fails the same way.
+    fn pull(&mut self, end: u32) {
+        // SAFETY: a live per-CPU map value, and the packet's context.
+        let (pulled, total) = unsafe { (*self.pulled, (*self.skb).len) };
+        if end <= pulled {
+            return;
+        }
+        let want = (2 * pulled).min(total).max(end);
+        // SAFETY: the helper checks the length against the packet; the work area is this CPU's.
+        unsafe {
+            if bpf_skb_pull_data(self.skb.cast(), want) == 0 {
+                *self.pulled = want;
+            }
         }
     }
 
@@ -74,6 +100,7 @@ impl Packet for SkbPacket {
         // If the store fails the packet is unchanged and the caller gives the flow up; the checksum
         // update cannot fail once the store succeeded, as the field precedes the payload.
         let diff = csum::replace_delta(clip.off & 1 == 1, old, new);
+        self.pull(at + n);
         // SAFETY: `new` holds 4 bytes and n <= 4; offsets are checked by the helpers.
         unsafe {
             if bpf_skb_store_bytes(self.skb.cast(), at, new.as_ptr().cast(), n, 0) != 0 {

@@ -363,6 +363,7 @@ fn sum(a: &Counters, b: &Counters) -> Counters {
         passed: a.passed + b.passed,
         fragments: a.fragments + b.fragments,
         contended: a.contended + b.contended,
+        quiet: a.quiet + b.quiet,
     }
 }
 

@@ -87,6 +87,7 @@ pub fn counter_fields(c: &Counters) -> Vec<(&'static str, u64)> {
         ("passed", c.passed),
         ("fragments", c.fragments),
         ("contended", c.contended),
+        ("quiet", c.quiet),
     ]
 }
 
