@@ -45,6 +45,8 @@ pub struct ClientOpts {
     pub reconnects: u32,
     /// Source port instead of the first free reserved one.
     pub src_port: Option<u16>,
+    /// Digest every payload for the report (off for benchmarks, where SHA-256 caps the rate).
+    pub digest: bool,
 }
 
 /// How one connection ended.
@@ -218,6 +220,12 @@ pub fn run_many(opts: &ClientOpts, n: usize) -> ClientReport {
             all.reason = r.reason;
         }
         all.server_hello_dst_nid = r.server_hello_dst_nid;
+        if r.first_put_ns != 0 && (all.first_put_ns == 0 || r.first_put_ns < all.first_put_ns) {
+            all.first_put_ns = r.first_put_ns;
+        }
+        all.last_put_ns = all.last_put_ns.max(r.last_put_ns);
+        all.timed_puts += r.timed_puts;
+        all.timed_bytes += r.timed_bytes;
         for p in r.received {
             // They receive the same PUTs: one that differs between them was altered on the way.
             if received.get(&p.index).is_some_and(|q| *q != p) {
@@ -234,6 +242,9 @@ pub fn run_many(opts: &ClientOpts, n: usize) -> ClientReport {
 /// Connects from a reserved port, 1023 down to 512, as `lnet_connect` does.
 fn connect(opts: &ClientOpts) -> anyhow::Result<TcpStream> {
     let ports: Vec<u16> = match opts.src_port {
+        // Any port: a port whose four-tuple is still in TIME_WAIT is refused at connect, and
+        // the next bind picks another (thousands of connections a second, in the bench).
+        Some(0) => vec![0; 64],
         Some(p) => vec![p],
         None => (wire::MIN_RESERVED_PORT..=wire::MAX_RESERVED_PORT)
             .rev()
@@ -376,12 +387,24 @@ fn exchange(
             continue;
         }
         let index = lnet::index_of(&hdr);
+        let now = monotonic_ns();
+        if report.first_put_ns == 0 {
+            report.first_put_ns = now;
+        } else {
+            report.timed_puts += 1;
+            report.timed_bytes += payload.len() as u64;
+        }
+        report.last_put_ns = now;
         received.insert(
             index,
             Put {
                 index,
                 size: payload.len() as u32,
-                digest: workload::digest(&payload),
+                digest: if opts.digest {
+                    workload::digest(&payload)
+                } else {
+                    String::new()
+                },
             },
         );
         let ack = lnet::header(
@@ -396,6 +419,18 @@ fn exchange(
         w.send_lnet(proto, endian, ack, Vec::new(), false)?;
     }
     Ok(End::Done)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the host, so the reports of
+/// several clients can be put on one time line.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Runs one read with the time left until `deadline` as the socket's timeout (never retried:
@@ -440,6 +475,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             reconnects: 0,
             src_port: Some(0),
+            digest: true,
         }
     }
 

@@ -2,6 +2,7 @@
 //! peer emulator that follows the kernel's rules (lnet-wire.md), and helpers to run `lnat` in it.
 //! The namespace tests in `tests/` and `cargo xtask demo` are built on it.
 
+pub mod bench;
 pub mod blob;
 pub mod client;
 pub mod harness;
@@ -9,6 +10,7 @@ pub mod impair;
 pub mod link;
 pub mod lnet;
 pub mod ns;
+pub mod relay;
 pub mod report;
 pub mod server;
 pub mod topology;

@@ -36,6 +36,19 @@ pub struct ClientReport {
     /// With several clients at once, how many finished ok.
     #[serde(default)]
     pub sessions_ok: u32,
+    /// When the first PUT was complete (CLOCK_MONOTONIC ns, 0: none): the rate is measured from
+    /// there, without the connection set-up.
+    #[serde(default)]
+    pub first_put_ns: u64,
+    /// When the last PUT was complete (CLOCK_MONOTONIC ns).
+    #[serde(default)]
+    pub last_put_ns: u64,
+    /// PUTs completed after each connection's first, between the two times.
+    #[serde(default)]
+    pub timed_puts: u64,
+    /// Their payload bytes.
+    #[serde(default)]
+    pub timed_bytes: u64,
 }
 
 /// One connection the server accepted.

@@ -66,6 +66,9 @@ pub struct ServerOpts {
     pub ip_options: bool,
     /// Clear DF, so routers with a smaller MTU fragment.
     pub no_df: bool,
+    /// Make each payload and digest it (false, for benchmarks: one payload per size is sent
+    /// again and again, undigested, so the server's own work does not cap the rate).
+    pub digest: bool,
 }
 
 impl Default for ServerOpts {
@@ -88,6 +91,7 @@ impl Default for ServerOpts {
             corrupt: None,
             ip_options: false,
             no_df: false,
+            digest: true,
         }
     }
 }
@@ -270,14 +274,23 @@ fn handle(
     let csum = opts.csum && hello.proto == Proto::V2;
     let mut pending = Vec::new();
     let mut queued = 0;
+    let mut reused: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
     for index in (0..opts.puts).filter(|i| !done.contains(i)) {
         if opts.corrupt.is_some() && conn.sent.len() as u64 == GOOD_BEFORE_CORRUPT {
             let _ = w.send(&pending);
             return corrupt(&mut w, opts, hello.proto, endian, peer_nid, peer_pid);
         }
         let size = workload::size(&opts.sizes, seed, index);
-        let payload = workload::payload(seed, index, size);
-        let digest = workload::digest(&payload);
+        let (payload, digest) = if opts.digest {
+            let p = workload::payload(seed, index, size);
+            let d = workload::digest(&p);
+            (p, d)
+        } else {
+            let p = reused
+                .entry(size)
+                .or_insert_with(|| workload::payload(seed, 0, size));
+            (p.clone(), String::new())
+        };
         let hdr = lnet::header(
             peer_nid,
             peer_pid,
@@ -531,6 +544,7 @@ mod tests {
             timeout: Duration::from_secs(20),
             reconnects: 0,
             src_port: Some(0),
+            digest: true,
         });
         (report, t.join().expect("server thread"))
     }
@@ -620,6 +634,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             reconnects: 0,
             src_port: Some(0),
+            digest: true,
         });
         let served = t.join().expect("server thread");
         assert_eq!(client.status, "refused", "{}", client.reason);

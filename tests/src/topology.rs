@@ -391,6 +391,17 @@ impl Topology {
             .context("setting GRO on the client's eth0")
     }
 
+    /// Whether the first client receives 64 KiB packets (GSO through the router, GRO on its
+    /// `eth0`) or MTU-sized ones (the router segments, the client does not coalesce).
+    pub fn set_large_packets(&self, on: bool) -> anyhow::Result<()> {
+        self.set_gro(on)?;
+        let on = if on { "on" } else { "off" };
+        self.router
+            .run(&["ethtool", "-K", "in0", "tso", on, "gso", on])
+            .map(drop)
+            .context("setting segmentation offload on the router's in0")
+    }
+
     /// The first LNet client's namespace (interface `eth0`).
     pub fn client(&self) -> &Netns {
         &self.clients[0]

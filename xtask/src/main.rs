@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything lnat needs, from a fresh machine to a demo, tests and benchmarks.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -21,12 +22,15 @@ struct Cli {
 enum Command {
     /// Install what building and testing lnat needs (Debian packages, rust-src, bpf-linker).
     Setup,
-    /// Build the `lnat` and `lnet-peer` binaries (release).
+    /// Build the `lnat`, `lnet-peer` and `lnat-bench` binaries (release).
     Build,
     /// Show lnat fixing a NATed Lustre client, in network namespaces.
     Demo,
     /// Run every check: formatting, clippy, unit, property and namespace tests.
     Test(test::Args),
+    /// Measure what lnat costs: throughput, message rate and per-packet cost, against no
+    /// program, an empty program and a userspace relay (results in target/bench/).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
         Command::Build => setup::run().and_then(|()| workspace::build_release()),
         Command::Demo => demo::run(),
         Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,7 +43,7 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the binaries the demo and the tests run.
+/// Builds the binaries the demo, the tests and the bench run.
 pub fn build_release() -> anyhow::Result<()> {
     exec(cargo().args([
         "build",

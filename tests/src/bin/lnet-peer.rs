@@ -18,6 +18,7 @@ use lnat_tests::{
     blob,
     client::{self, ClientOpts},
     impair::{self, Weather},
+    relay,
     server::{self, Accept, Corrupt, ServerOpts},
     workload::Sizes,
 };
@@ -64,6 +65,27 @@ enum Role {
     },
     /// A bad network between two interfaces, until SIGTERM; prints what it did.
     Impair(ImpairArgs),
+    /// A userspace TCP relay that rewrites NIDs, lnat's alternative (for benchmarks).
+    Relay(RelayArgs),
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// Address the LNet client connects to.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The server's acceptor.
+    #[arg(long, default_value = "203.0.113.10:988")]
+    upstream: SocketAddr,
+    /// The NID the server calls the client.
+    #[arg(long, value_parser = parse_nid)]
+    external: Nid,
+    /// The client's own NID.
+    #[arg(long, value_parser = parse_nid)]
+    local: Nid,
+    /// Connections to relay before exiting.
+    #[arg(long, default_value_t = 1)]
+    conns: u32,
 }
 
 #[derive(Args)]
@@ -119,6 +141,9 @@ struct ServerArgs {
     /// Clear DF so routers fragment.
     #[arg(long)]
     no_df: bool,
+    /// Send one payload per size again and again, undigested (benchmarks).
+    #[arg(long)]
+    no_digest: bool,
 }
 
 #[derive(Args)]
@@ -156,6 +181,9 @@ struct ClientArgs {
     /// Run this many clients at once.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
+    /// Do not digest payloads (benchmarks); the report's digests are empty.
+    #[arg(long)]
+    no_digest: bool,
 }
 
 #[derive(Args)]
@@ -272,6 +300,13 @@ fn main() -> ExitCode {
                 STOP.load(Ordering::Relaxed)
             }))
         }
+        Role::Relay(a) => finish(relay::serve(&relay::RelayOpts {
+            listen: a.listen,
+            upstream: a.upstream,
+            external: a.external,
+            local: a.local,
+            conns: a.conns,
+        })),
         Role::Server(a) => {
             let opts = ServerOpts {
                 listen: a.listen,
@@ -294,6 +329,7 @@ fn main() -> ExitCode {
                 corrupt: a.corrupt,
                 ip_options: a.ip_options,
                 no_df: a.no_df,
+                digest: !a.no_digest,
             };
             finish(server::serve(&opts))
         }
@@ -309,6 +345,7 @@ fn main() -> ExitCode {
                 timeout: Duration::from_secs(a.timeout_secs),
                 reconnects: a.reconnects,
                 src_port: a.src_port,
+                digest: !a.no_digest,
             };
             let report = if a.parallel > 1 {
                 client::run_many(&opts, a.parallel)

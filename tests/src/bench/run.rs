@@ -1,0 +1,227 @@
+//! Rounds of every workload under every configuration, the configurations alternated within
+//! each round so that a machine getting busier or quieter shifts them all alike.
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use crate::{
+    bench::{
+        config::{Active, Config},
+        kernel::{self, MapMemory, StatsEnabled},
+        packets::{self, Frames},
+        workload::{self, Unit, Workload},
+    },
+    harness::Host,
+    topology::{TopoOpts, Topology},
+};
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Opts {
+    /// Rounds of everything.
+    pub rounds: usize,
+    /// Smaller transfers.
+    pub quick: bool,
+    /// Only the single-packet costs: seconds, for work on the datapath.
+    pub packets_only: bool,
+}
+
+/// One measurement.
+#[derive(Serialize, Clone, Debug)]
+pub struct Sample {
+    /// Which round it belongs to.
+    pub round: usize,
+    /// The workload's name.
+    pub workload: String,
+    /// Connections at once.
+    pub flows: usize,
+    /// What `rate` is counted in.
+    pub unit: Unit,
+    /// What sat on the client's receive path.
+    pub config: Config,
+    /// The rate the client received at.
+    pub rate: f64,
+    /// Seconds timed.
+    pub secs: f64,
+    /// Nanoseconds per program run (per packet), when a program was attached.
+    pub ns_per_packet: Option<f64>,
+    /// Program runs counted.
+    pub packets: u64,
+    /// CPU seconds spent rewriting (the program's run time, or the relay's CPU time) per GiB of
+    /// payload: what a relay costs that lnat does not.
+    pub cpu_s_per_gib: Option<f64>,
+}
+
+/// The cost of one kind of packet, run on its own through a program.
+#[derive(Serialize, Clone, Debug)]
+pub struct PacketSample {
+    /// Which round it belongs to.
+    pub round: usize,
+    /// The kind of packet.
+    pub kind: packets::Kind,
+    /// The program: the empty one or lnat.
+    pub config: Config,
+    /// Nanoseconds per run, from the kernel's run-time accounting.
+    pub ns_per_packet: f64,
+}
+
+/// Everything one bench run measured.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Outcome {
+    /// Every measurement, in the order taken.
+    pub samples: Vec<Sample>,
+    /// Every single-packet measurement.
+    pub packets: Vec<PacketSample>,
+    /// lnat's maps, as the kernel accounts them (default `--max-flows`).
+    pub maps: Vec<MapMemory>,
+    /// Most flows lnat's LRU table evicted in one round (0: none made room early).
+    pub evicted: u64,
+}
+
+/// Runs the bench; `stop` says the user asked to stop (checked between workloads).
+pub fn run(opts: &Opts, stop: &dyn Fn() -> bool) -> anyhow::Result<Outcome> {
+    let _stats = StatsEnabled::new()?;
+    let t = Topology::new("bench", TopoOpts::default()).context("building the namespaces")?;
+    tune(&t)?;
+    let host = Host::new(t.client())?;
+    let single = workload::single(opts.quick);
+    let scale = workload::scale(opts.quick);
+    let frames = Frames::new()?;
+    let scratch = std::env::temp_dir();
+    let mut out = Outcome::default();
+    for round in 0..opts.rounds {
+        for i in 0..Config::ALL.len() {
+            let config = Config::ALL[(round + i) % Config::ALL.len()];
+            let active = Active::start(config, &host)
+                .with_context(|| format!("setting up {}", config.name()))?;
+            if let (Config::Lnat, Some(id), true) =
+                (config, active.program_id(), out.maps.is_empty())
+            {
+                out.maps = kernel::map_memory(id)?;
+            }
+            if let Some(id) = active.program_id()
+                && matches!(config, Config::Empty | Config::Lnat)
+            {
+                measure_packets(&active, id, config, round, &frames, &scratch, &mut out)?;
+            }
+            if opts.packets_only {
+                continue;
+            }
+            // The relay and the no-rewrite variant are compared on one connection.
+            let scaled: &[Workload] = match config {
+                Config::None | Config::Empty | Config::Lnat => &scale,
+                Config::Following | Config::Relay => &[],
+            };
+            for w in single.iter().chain(scaled) {
+                if stop() {
+                    bail!("interrupted");
+                }
+                let s = measure(&t, &active, config, w, round)?;
+                eprintln!(
+                    "lnat-bench: round {}/{} {:>15} {:>16}: {:>12.2} {:?}{}",
+                    round + 1,
+                    opts.rounds,
+                    config.name(),
+                    w.name,
+                    s.rate,
+                    s.unit,
+                    s.ns_per_packet
+                        .map(|n| format!(", {n:.0} ns/packet"))
+                        .unwrap_or_default()
+                );
+                out.samples.push(s);
+            }
+            if let Some(l) = active.lnat() {
+                out.evicted = out.evicted.max(l.counter("evicted")?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `w` once under `active` and reads the program's cost over it.
+fn measure(
+    t: &Topology,
+    active: &Active<'_>,
+    config: Config,
+    w: &Workload,
+    round: usize,
+) -> anyhow::Result<Sample> {
+    let id = active.program_id();
+    let before = id.map(kernel::run_stats).transpose()?;
+    let m = workload::run(t, w, config)?;
+    let cost = match (id, before) {
+        (Some(id), Some(b)) => Some(kernel::run_stats(id)?.per_run_since(&b)),
+        _ => None,
+    };
+    let cpu_ns = match cost {
+        Some((ns, runs)) if !ns.is_nan() => Some(ns * runs as f64),
+        _ => m.relay_cpu_ns.map(|n| n as f64),
+    };
+    let gib = workload::payload_bytes(w) as f64 / (1u64 << 30) as f64;
+    Ok(Sample {
+        round,
+        workload: w.name.clone(),
+        flows: w.flows,
+        unit: w.unit,
+        config,
+        rate: m.rate,
+        secs: m.secs,
+        ns_per_packet: cost.map(|c| c.0).filter(|n| !n.is_nan()),
+        packets: cost.map_or(0, |c| c.1),
+        cpu_s_per_gib: cpu_ns.filter(|_| gib > 0.0).map(|ns| ns / 1e9 / gib),
+    })
+}
+
+/// Runs within one single-packet measurement: long enough that the two clock reads the
+/// kernel's accounting adds are what they are for traffic, a fraction of a second in all.
+const PACKET_RUNS: u32 = 500_000;
+
+/// Runs each kind of packet through the program `id`, lnat first walked to the middle of a PUT.
+fn measure_packets(
+    active: &Active<'_>,
+    id: u32,
+    config: Config,
+    round: usize,
+    frames: &Frames,
+    scratch: &std::path::Path,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    if let Some(l) = active.lnat() {
+        packets::prime(id, frames, scratch, || l.counter("rewritten"))
+            .context("walking lnat to the middle of a PUT")?;
+    }
+    for kind in packets::Kind::ALL {
+        let (ns, verdict) = packets::run(id, frames.of(kind), PACKET_RUNS, scratch)?;
+        packets::check_pass(kind, verdict)?;
+        eprintln!(
+            "lnat-bench: round {} {:>15} {:>24}: {ns:.1} ns/packet",
+            round + 1,
+            config.name(),
+            kind.name()
+        );
+        out.packets.push(PacketSample {
+            round,
+            kind,
+            config,
+            ns_per_packet: ns,
+        });
+    }
+    Ok(())
+}
+
+/// Thousands of connections a round, each leaving a TIME_WAIT behind: the NAT's 10,000 ports
+/// and the client's must come back quickly.
+fn tune(t: &Topology) -> anyhow::Result<()> {
+    t.router()
+        .run(&[
+            "sysctl",
+            "-qw",
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1",
+        ])
+        .context("shortening the NAT's TIME_WAIT")?;
+    t.client()
+        .run(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
+        .context("letting the client reuse TIME_WAIT ports")?;
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! The bench's workloads: an emulated LNet server streaming PUTs through the NAT to emulated
+//! clients, timed at the client from its first complete PUT to its last.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use crate::{
+    bench::config::Config,
+    harness,
+    ns::Proc,
+    topology::{ACCEPTOR_PORT, CLIENT, CLIENT_NID, NAT_NID, SERVER, SERVER_NID, Topology},
+};
+
+/// What a workload's rate is counted in.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Payload gigabits per second.
+    #[serde(rename = "Gbit/s")]
+    Gbps,
+    /// PUTs per second.
+    #[serde(rename = "msg/s")]
+    MsgPerSec,
+}
+
+/// One workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// Its name in tables and JSON.
+    pub name: String,
+    /// PUT payload bytes.
+    pub size: u32,
+    /// PUTs to each client.
+    pub puts: u64,
+    /// Clients at once (one connection each).
+    pub flows: usize,
+    /// PUTs per server write: many makes packets of many headers.
+    pub batch: usize,
+    /// What its rate is counted in.
+    pub unit: Unit,
+    /// 64 KiB packets (GSO and GRO), or MTU-sized ones, which are one size at any flow count.
+    pub large_packets: bool,
+}
+
+/// 1 MiB, LNet's largest PUT.
+const MIB: u32 = 1 << 20;
+
+/// PUT size of the scale workloads: a header every 64 KiB, as a busy client's mixed traffic.
+const SCALE_SIZE: u32 = 1 << 16;
+
+/// Flow counts of the scale workloads.
+pub const SCALE_FLOWS: [usize; 4] = [1, 16, 256, 4096];
+
+/// The single-connection workloads: bulk, then the parser's worst cases.
+pub fn single(quick: bool) -> Vec<Workload> {
+    let k = if quick { 1 } else { 4 };
+    vec![
+        Workload {
+            name: "bulk 1 MiB".into(),
+            size: MIB,
+            puts: 500 * k,
+            flows: 1,
+            batch: 1,
+            unit: Unit::Gbps,
+            large_packets: true,
+        },
+        Workload {
+            name: "0 B messages".into(),
+            size: 0,
+            puts: 50_000 * k,
+            flows: 1,
+            batch: 64,
+            unit: Unit::MsgPerSec,
+            large_packets: true,
+        },
+        Workload {
+            name: "4 KiB messages".into(),
+            size: 4096,
+            puts: 25_000 * k,
+            flows: 1,
+            batch: 16,
+            unit: Unit::MsgPerSec,
+            large_packets: true,
+        },
+    ]
+}
+
+/// The scale workloads: 64 KiB PUTs over 1 to 4,096 connections at once, in MTU-sized packets.
+/// In 64 KiB packets the cost per packet follows where headers fall in them (a rewrite deep in
+/// a large packet makes the kernel copy what precedes it), which hides what flows cost.
+pub fn scale(quick: bool) -> Vec<Workload> {
+    let total: u64 = if quick { 2048 } else { 8192 };
+    SCALE_FLOWS
+        .iter()
+        .map(|&flows| Workload {
+            name: format!("{flows} flows"),
+            size: SCALE_SIZE,
+            puts: (total / flows as u64).max(2),
+            flows,
+            batch: 1,
+            unit: Unit::Gbps,
+            large_packets: false,
+        })
+        .collect()
+}
+
+/// Payload bytes the server sends in `w`.
+pub fn payload_bytes(w: &Workload) -> u64 {
+    w.puts * w.flows as u64 * u64::from(w.size)
+}
+
+/// What one run of a workload gave.
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    /// The rate, in the workload's unit.
+    pub rate: f64,
+    /// Seconds timed.
+    pub secs: f64,
+    /// CPU the userspace relay used, in nanoseconds, when it ran.
+    pub relay_cpu_ns: Option<u64>,
+}
+
+/// What the relay prints when it exits.
+#[derive(serde::Deserialize)]
+struct RelayReport {
+    cpu_ns: u64,
+}
+
+/// Where the relay listens in the client's namespace.
+const RELAY_PORT: u16 = 1988;
+
+/// Runs `w` across `t` once under `config`.
+pub fn run(t: &Topology, w: &Workload, config: Config) -> anyhow::Result<Measured> {
+    t.set_large_packets(w.large_packets)?;
+    let (puts, size, conns, batch) = (
+        w.puts.to_string(),
+        w.size.to_string(),
+        w.flows.to_string(),
+        w.batch.to_string(),
+    );
+    let server = harness::server(
+        t.server(),
+        &[
+            "--nid",
+            SERVER_NID,
+            "--accept",
+            "all",
+            "--puts",
+            &puts,
+            "--sizes",
+            &size,
+            "--conns",
+            &conns,
+            "--batch",
+            &batch,
+            "--hold-secs",
+            "10",
+            "--no-digest",
+        ],
+    )?;
+    t.server()
+        .wait_listening(ACCEPTOR_PORT, Duration::from_secs(10))?;
+    let relay = (config == Config::Relay)
+        .then(|| start_relay(t, &conns))
+        .transpose()?;
+    // Without a rewrite the server's messages name the NAT: a baseline client takes that NID as
+    // its own, so every configuration carries the same bytes and the client does the same work.
+    let nid = match config {
+        Config::None | Config::Empty | Config::Following => NAT_NID,
+        Config::Lnat | Config::Relay => CLIENT_NID,
+    };
+    let target = match relay {
+        Some(_) => format!("{CLIENT}:{RELAY_PORT}"),
+        None => format!("{SERVER}:{ACCEPTOR_PORT}"),
+    };
+    let parallel = w.flows.to_string();
+    let report = harness::client(
+        t.client(),
+        &[
+            "--server",
+            &target,
+            "--server-nid",
+            SERVER_NID,
+            "--nid",
+            nid,
+            "--expect",
+            &puts,
+            "--timeout-secs",
+            "240",
+            "--src-port",
+            "0",
+            "--parallel",
+            &parallel,
+            "--no-digest",
+        ],
+        Duration::from_secs(300),
+    )
+    .with_context(|| format!("running {}", w.name))?;
+    // The client's report is the measurement; a server still holding connections it has sent
+    // everything on is only reported.
+    if let Err(e) = harness::server_report(server, Duration::from_secs(60)) {
+        eprintln!("lnat-bench: {}: the server did not finish: {e:#}", w.name);
+    }
+    let relay_cpu_ns = match relay {
+        Some(r) => {
+            let out = r.wait(Duration::from_secs(30))?;
+            let report: RelayReport = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("reading the relay's report: {:?}", out.stdout))?;
+            Some(report.cpu_ns)
+        }
+        None => None,
+    };
+    if report.status != "ok" {
+        bail!("{}: client {}: {}", w.name, report.status, report.reason);
+    }
+    let secs = report.last_put_ns.saturating_sub(report.first_put_ns) as f64 / 1e9;
+    if secs <= 0.0 || report.timed_puts == 0 {
+        bail!("{}: too short to time", w.name);
+    }
+    let rate = match w.unit {
+        Unit::Gbps => report.timed_bytes as f64 * 8.0 / secs / 1e9,
+        Unit::MsgPerSec => report.timed_puts as f64 / secs,
+    };
+    Ok(Measured {
+        rate,
+        secs,
+        relay_cpu_ns,
+    })
+}
+
+/// Starts the relay in the client's namespace, for `conns` connections.
+fn start_relay(t: &Topology, conns: &str) -> anyhow::Result<Proc> {
+    let bin = harness::peer_bin();
+    let listen = format!("{CLIENT}:{RELAY_PORT}");
+    let upstream = format!("{SERVER}:{ACCEPTOR_PORT}");
+    let p = t.client().spawn(&[
+        &bin.to_string_lossy(),
+        "relay",
+        "--listen",
+        &listen,
+        "--upstream",
+        &upstream,
+        "--external",
+        NAT_NID,
+        "--local",
+        CLIENT_NID,
+        "--conns",
+        conns,
+    ])?;
+    t.client()
+        .wait_listening(RELAY_PORT, Duration::from_secs(10))?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_workloads_cover_the_flow_counts_with_two_puts_at_least() {
+        for quick in [true, false] {
+            let s = scale(quick);
+            assert_eq!(s.iter().map(|w| w.flows).collect::<Vec<_>>(), SCALE_FLOWS);
+            assert!(
+                s.iter()
+                    .all(|w| w.puts >= 2 && w.size == SCALE_SIZE && !w.large_packets)
+            );
+        }
+        assert_eq!(scale(false)[0].puts, 8192);
+    }
+}
