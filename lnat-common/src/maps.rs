@@ -3,7 +3,7 @@
 //! All are `#[repr(C)]` plain data. Addresses are kept as four bytes in dotted order and NIDs as
 //! (address, LND, number) so that `bpftool map dump` of the BTF-typed maps reads naturally.
 
-use crate::{history::PatchWalk, nid::Nid, quiet::Quiet, tracker::Tracker};
+use crate::{history::PatchWalk, nid::Nid, tracker::Tracker};
 
 /// Most LNet ports one attachment follows.
 pub const MAX_PORTS: usize = 8;
@@ -20,6 +20,10 @@ pub mod names {
     pub const MAPPINGS: &str = "LNAT_MAPPINGS";
     /// Followed connections ([`super::FlowKey`] to [`super::FlowState`]).
     pub const FLOWS: &str = "LNAT_FLOWS";
+    /// Where each followed connection's segments pass without the tracker
+    /// ([`super::FlowKey`] to [`crate::quiet::Quiet`]): apart from the large flow entries, so
+    /// that the lookup most packets make stays in cache with thousands of connections.
+    pub const QUIET: &str = "LNAT_QUIET";
     /// Per-CPU decision counters ([`super::Counters`]).
     pub const COUNTERS: &str = "LNAT_COUNTERS";
     /// Learned mappings, as they happen ([`super::LearnEvent`]).
@@ -29,7 +33,9 @@ pub mod names {
     /// Per-packet working state of the datapath ([`super::Work`]).
     pub const WORK: &str = "LNAT_WORK";
     /// Every map lnat pins, in the order `lnat status` reports them.
-    pub const ALL: [&str; 7] = [CONFIG, MAPPINGS, FLOWS, COUNTERS, EVENTS, SCRATCH, WORK];
+    pub const ALL: [&str; 8] = [
+        CONFIG, MAPPINGS, FLOWS, QUIET, COUNTERS, EVENTS, SCRATCH, WORK,
+    ];
 }
 
 /// An IPv4 address as four bytes in dotted order.
@@ -226,8 +232,6 @@ pub struct FlowState {
     pub rewrites: u64,
     /// The CPU working on the flow right now, plus one (0: none); see the datapath's `Claim`.
     pub owner: u64,
-    /// Where segments pass without the tracker, as the claim's last holder left it.
-    pub quiet: Quiet,
     /// Sequence number of the stream's first byte: tells a repeated handshake from a new one.
     pub start: u32,
     /// Keeps the struct a multiple of 8 bytes.

@@ -20,8 +20,11 @@ use crate::{
 pub trait Packet {
     /// Copies the payload bytes at `off..off + dst.len()` into `dst`.
     fn load(&mut self, off: u32, dst: &mut [u8]) -> bool;
-    /// XORs `clip` into the payload and keeps the packet's checksum right.
-    fn patch(&mut self, clip: &Clip) -> bool;
+    /// XORs `clip` into the payload and keeps the packet's checksum right. `reach` is the
+    /// payload offset this pass may still write up to (0: nothing beyond `clip` is known): an
+    /// adapter that must make a packet writable before a write (the kernel copies a GRO
+    /// packet's data into one buffer up to the written offset) can do it once for all.
+    fn patch(&mut self, clip: &Clip, reach: u32) -> bool;
 }
 
 /// What a step leaves to do.
@@ -38,7 +41,7 @@ pub enum Step {
 /// Applies the next recorded patch that overlaps the segment.
 pub fn history_step<P: Packet>(t: &Tracker, walk: &mut PatchWalk, pkt: &mut P) -> Step {
     match walk.step(&t.history) {
-        WalkStep::Patch(c) if !pkt.patch(&c) => Step::Failed,
+        WalkStep::Patch(c) if !pkt.patch(&c, 0) => Step::Failed,
         WalkStep::Patch(_) | WalkStep::Moved => Step::More,
         WalkStep::Done => Step::Done,
     }
@@ -73,10 +76,16 @@ pub fn parse_step<P: Packet, E: Env>(
         return Step::Failed;
     }
     let used = t.advance(n, env);
+    // Another unit starting in this segment brings more headers to rewrite in it.
+    let reach = if seq::before(t.cursor(), seq.wrapping_add(len)) {
+        len
+    } else {
+        0
+    };
     let mut i = 0;
     while i < t.n_out as usize && i < t.out.len() {
         if let Some(c) = t.out[i].clip(seq, len)
-            && !pkt.patch(&c)
+            && !pkt.patch(&c, reach)
         {
             return Step::Failed;
         }

@@ -67,7 +67,7 @@ impl Packet for VecPacket<'_> {
             None => false,
         }
     }
-    fn patch(&mut self, clip: &Clip) -> bool {
+    fn patch(&mut self, clip: &Clip, _reach: u32) -> bool {
         let off = clip.off as usize;
         match self.0.get_mut(off..off + clip.len as usize) {
             Some(dst) => {

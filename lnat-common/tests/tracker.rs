@@ -470,3 +470,43 @@ fn segments_inside_payloads_pass_on_the_quiet_window() {
     }
     assert!(quiet > 1000, "only {quiet} segments passed on a window");
 }
+
+/// Records what each patch was told about the writes still to come in its segment.
+struct Reaches<'a> {
+    inner: VecPacket<'a>,
+    seen: Vec<u32>,
+}
+
+impl segment::Packet for Reaches<'_> {
+    fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {
+        self.inner.load(off, dst)
+    }
+    fn patch(&mut self, clip: &lnat_common::history::Clip, reach: u32) -> bool {
+        self.seen.push(reach);
+        self.inner.patch(clip, reach)
+    }
+}
+
+/// A patch followed by another header in the same segment announces the whole segment, so
+/// the datapath makes a GRO packet writable once; the last header's patch announces nothing.
+#[test]
+fn a_patch_announces_the_segment_when_more_headers_follow_in_it() {
+    let mut stream = vector_stream();
+    let message = stream[56..].to_vec();
+    stream.extend_from_slice(&message);
+    let mut env = learning_env();
+    let mut t = Tracker::new(Role::Active, 0, LOCAL, hint_of(&env));
+    let mut hello = stream[..56].to_vec();
+    segment::process(&mut t, 0, 56, &mut VecPacket(&mut hello), &mut env, 64);
+    let mut rest = stream[56..].to_vec();
+    let len = rest.len() as u32;
+    let mut pkt = Reaches {
+        inner: VecPacket(&mut rest),
+        seen: Vec::new(),
+    };
+    segment::process(&mut t, 56, len, &mut pkt, &mut env, 64);
+    assert_eq!(pkt.seen, [len, 0]);
+    let want = vector_expected();
+    assert_eq!(rest[..message.len()], want[56..]);
+    assert_eq!(rest[message.len()..], want[56..]);
+}

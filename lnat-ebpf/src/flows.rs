@@ -70,8 +70,7 @@ pub fn open(seg: &SegmentInfo, role: Role) {
         if f.start != start {
             // The same four-tuple with a new sequence space: a new connection. Its old window
             // goes first, as readers do not take the claim.
-            // SAFETY: an aligned word of the claimed value.
-            unsafe { core::ptr::write_volatile(&raw mut f.quiet, Quiet::NONE) };
+            maps::publish(&seg.key, Quiet::NONE);
             f.start = start;
             f.tracker.reset(role, start, local, hint);
             f.cache = LookupCache::default();
@@ -90,7 +89,6 @@ pub fn open(seg: &SegmentInfo, role: Role) {
     let f = unsafe { &mut *scratch };
     f.start = start;
     f.owner = 0;
-    f.quiet = Quiet::NONE;
     f.tracker.reset(role, start, local, hint);
     f.cache = LookupCache::default();
     f.rewrites = 0;
@@ -98,6 +96,8 @@ pub fn open(seg: &SegmentInfo, role: Role) {
     f.opened_ns = unsafe { bpf_ktime_get_ns() };
     // A reference, so the entry goes from map to map without a 1.2 KiB copy on the stack.
     let entry: &FlowState = f;
+    // A window left by an earlier connection on this four-tuple goes before the flow exists.
+    maps::publish(&seg.key, Quiet::NONE);
     if maps::FLOWS.insert(seg.key, entry, 0).is_ok() {
         maps::count(|c| c.flows_opened += 1);
     }
@@ -105,6 +105,7 @@ pub fn open(seg: &SegmentInfo, role: Role) {
 
 /// Forgets a flow.
 pub fn close(seg: &SegmentInfo) {
+    let _ = maps::QUIET.remove(seg.key);
     if maps::FLOWS.remove(seg.key).is_ok() {
         maps::count(|c| c.flows_closed += 1);
     }

@@ -98,21 +98,22 @@ struct Job<'a> {
 fn rewrite(ctx: &TcContext, work: *mut Work) -> i32 {
     // SAFETY: this CPU's work area.
     let (key, seq, len) = unsafe { ((*work).seg.key, (*work).seg.seq, (*work).seg.len) };
-    let Some(flow) = maps::FLOWS.get_ptr_mut(key) else {
-        maps::count(|c| c.evicted += 1);
-        return PASS;
-    };
-    // Inside a payload, with nothing to do: passed without the claim (see `Quiet` for why a
-    // window another CPU is replacing is still right).
-    // SAFETY: an aligned word of a live flow value, read whole.
-    let quiet = unsafe { core::ptr::read_volatile(&raw const (*flow).quiet) };
-    if quiet.covers(seq, len) {
+    // Inside a payload, with nothing to do: passed without the flow or its claim (see `Quiet`
+    // for why a window another CPU is replacing is still right).
+    if let Some(q) = maps::QUIET.get_ptr(key)
+        // SAFETY: a live value of the table, one aligned word, read whole.
+        && unsafe { core::ptr::read_volatile(q) }.covers(seq, len)
+    {
         maps::count(|c| {
             c.segments += 1;
             c.quiet += 1;
         });
         return PASS;
     }
+    let Some(flow) = maps::FLOWS.get_ptr_mut(key) else {
+        maps::count(|c| c.evicted += 1);
+        return PASS;
+    };
     // Packets of one connection can reach two CPUs at once (a sender migrating between veth
     // queues, say); the tracker must only ever be worked on by one.
     let Some(claim) = flows::Claim::take(flow) else {
@@ -172,8 +173,9 @@ fn rewrite_owned(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> i32 
         tracker.desync(Desync::Overrun, &mut job.env);
     }
     job.env.finish();
-    // SAFETY: as above; one aligned word, written whole for readers without the claim.
-    unsafe { core::ptr::write_volatile(&raw mut (*flow).quiet, Quiet::of(&(*flow).tracker)) };
+    // SAFETY: as above.
+    let (key, quiet) = unsafe { ((*work).seg.key, Quiet::of(&(*flow).tracker)) };
+    maps::publish(&key, quiet);
     PASS
 }
 

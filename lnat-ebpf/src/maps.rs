@@ -4,9 +4,12 @@ use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
-use lnat_common::maps::{
-    Config, Counters, DEFAULT_FLOWS, FlowKey, FlowState, LearnEvent, MAX_MAPPINGS, Mapping, NidKey,
-    Work,
+use lnat_common::{
+    maps::{
+        Config, Counters, DEFAULT_FLOWS, FlowKey, FlowState, LearnEvent, MAX_MAPPINGS, Mapping,
+        NidKey, Work,
+    },
+    quiet::Quiet,
 };
 
 /// Settings written by `lnat attach`: ports, learning, link-layer length, mapping generation.
@@ -21,6 +24,11 @@ pub static LNAT_MAPPINGS: HashMap<NidKey, Mapping, { MAX_MAPPINGS as usize }> = 
 #[btf_map]
 pub static LNAT_FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOWS as usize }> =
     LruHashMap::new();
+
+/// Where each followed connection's segments pass without the tracker (see `Quiet`): a small
+/// table of its own, which stays in cache when the flow table does not.
+#[btf_map]
+pub static LNAT_QUIET: LruHashMap<FlowKey, Quiet, { DEFAULT_FLOWS as usize }> = LruHashMap::new();
 
 /// Decision counters.
 #[btf_map]
@@ -41,6 +49,18 @@ pub static LNAT_WORK: PerCpuArray<Work, 1> = PerCpuArray::new();
 /// Shorter names for the rest of the crate.
 pub use LNAT_FLOWS as FLOWS;
 pub use LNAT_MAPPINGS as MAPPINGS;
+pub use LNAT_QUIET as QUIET;
+
+/// Publishes `q` as where `key`'s segments pass without the tracker: one aligned word, written
+/// whole for readers that take no claim.
+pub fn publish(key: &FlowKey, q: Quiet) {
+    if let Some(v) = QUIET.get_ptr_mut(key) {
+        // SAFETY: a live value of the table, one aligned u64.
+        unsafe { core::ptr::write_volatile(v, q) };
+    } else {
+        let _ = QUIET.insert(key, q, 0);
+    }
+}
 
 /// The attachment's settings.
 #[inline(always)]

@@ -39,18 +39,19 @@ impl SkbPacket {
         }
     }
 
-    /// Makes the packet linear up to `end` before a write there. The kernel makes a write deep
-    /// in a GRO packet writable by pulling everything before it into the linear area, growing
-    /// (reallocating and copying) that area each time: a packet of many headers paid one copy
-    /// per header. Pulling ahead geometrically, to twice what is pulled already, bounds it to a
-    /// few. A failed pull is left to the store, which then fails the same way.
-    fn pull(&mut self, end: u32) {
+    /// Makes the packet linear up to `end` before a write there, and up to `reach` where more
+    /// writes are coming. The kernel makes a write deep in a GRO packet writable by pulling
+    /// everything before it into the linear area, growing (reallocating and copying) that area
+    /// each time: a packet of many headers paid one copy per header. Pulling once to the last
+    /// write, or else ahead geometrically, bounds it to one or a few. A failed pull is left to
+    /// the store, which then fails the same way.
+    fn pull(&mut self, end: u32, reach: u32) {
         // SAFETY: a live per-CPU map value, and the packet's context.
         let (pulled, total) = unsafe { (*self.pulled, (*self.skb).len) };
         if end <= pulled {
             return;
         }
-        let want = (2 * pulled).min(total).max(end);
+        let want = end.max(reach.max(2 * pulled).min(total));
         // SAFETY: the helper checks the length against the packet; the work area is this CPU's.
         unsafe {
             if bpf_skb_pull_data(self.skb.cast(), want) == 0 {
@@ -82,7 +83,7 @@ impl Packet for SkbPacket {
         }
     }
 
-    fn patch(&mut self, clip: &Clip) -> bool {
+    fn patch(&mut self, clip: &Clip, reach: u32) -> bool {
         let n = opaque(clip.len);
         if n == 0 || n > 4 {
             return false;
@@ -100,7 +101,7 @@ impl Packet for SkbPacket {
         // If the store fails the packet is unchanged and the caller gives the flow up; the checksum
         // update cannot fail once the store succeeded, as the field precedes the payload.
         let diff = csum::replace_delta(clip.off & 1 == 1, old, new);
-        self.pull(at + n);
+        self.pull(at + n, self.payload_off() + reach);
         // SAFETY: `new` holds 4 bytes and n <= 4; offsets are checked by the helpers.
         unsafe {
             if bpf_skb_store_bytes(self.skb.cast(), at, new.as_ptr().cast(), n, 0) != 0 {

@@ -61,6 +61,7 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
     }
     EbpfLoader::new()
         .map_max_entries(names::FLOWS, max_flows)
+        .map_max_entries(names::QUIET, max_flows)
         .load(OBJECT)
         .context("loading the datapath's maps (does this kernel have BPF ring buffers and BTF?)")
 }

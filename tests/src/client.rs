@@ -298,8 +298,8 @@ fn exchange(
     report: &mut ClientReport,
     received: &mut BTreeMap<u64, Put>,
 ) -> anyhow::Result<End> {
-    let clock = stream.try_clone().context("cloning the socket")?;
-    let mut w = Wire::new(stream, 0, 0)?;
+    let mut clock = ReadClock::new(stream.try_clone().context("cloning the socket")?, deadline);
+    let mut w = Wire::new(stream, 0, 0)?.read_ahead();
     let hello = Hello {
         proto: opts.proto,
         src_nid: opts.nid,
@@ -318,7 +318,7 @@ fn exchange(
     let handshake = w
         .send_connreq(opts.server_nid, opts.proto == Proto::V4, opts.endian)
         .and_then(|()| w.send_hello(&hello, opts.endian))
-        .and_then(|()| read_by(&clock, deadline, || w.recv_hello()));
+        .and_then(|()| clock.by(|| w.recv_hello()));
     let (theirs, endian) = match handshake {
         Ok(h) => h,
         // The acceptor refuses by closing: the kernel reports it as a reset.
@@ -351,7 +351,7 @@ fn exchange(
     report.server_hello_dst_nid = theirs.dst_nid.to_string();
     let proto = theirs.proto;
     while (received.len() as u64) < opts.expect {
-        let msg = match read_by(&clock, deadline, || w.recv_msg(proto, endian)) {
+        let msg = match clock.by(|| w.recv_msg(proto, endian)) {
             Ok(m) => m,
             Err(e) if e.downcast_ref::<ChecksumError>().is_some() || timed_out(&e) => {
                 return Err(e);
@@ -433,20 +433,41 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Runs one read with the time left until `deadline` as the socket's timeout (never retried:
-/// a read cut off mid-frame would lose its bytes).
-fn read_by<T>(
-    stream: &TcpStream,
+/// Reads that end by a deadline: the socket's read timeout is kept at the time left, renewed
+/// every [`ReadClock::RENEW`] rather than before every read, which would double the system
+/// calls of a stream of small messages. A read may thus overrun the deadline by that much.
+struct ReadClock {
+    stream: TcpStream,
     deadline: Instant,
-    read: impl FnOnce() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    stream
-        .set_read_timeout(Some(left))
-        .context("setting a read timeout")?;
-    read()
+    renewed: Option<Instant>,
+}
+
+impl ReadClock {
+    const RENEW: Duration = Duration::from_millis(100);
+
+    fn new(stream: TcpStream, deadline: Instant) -> ReadClock {
+        ReadClock {
+            stream,
+            deadline,
+            renewed: None,
+        }
+    }
+
+    /// Runs `read` with the read timeout set to the time left.
+    fn by<T>(&mut self, read: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let now = Instant::now();
+        if self.renewed.is_none_or(|t| now - t >= Self::RENEW) {
+            let left = self
+                .deadline
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
+            self.stream
+                .set_read_timeout(Some(left))
+                .context("setting a read timeout")?;
+            self.renewed = Some(now);
+        }
+        read()
+    }
 }
 
 #[cfg(test)]

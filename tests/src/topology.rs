@@ -158,7 +158,12 @@ fn rps(ns: &Netns, dev: &str) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(63);
-    let mask = format!("{:x}", (1u64 << cpus) - 1);
+    rps_mask(ns, dev, (1u64 << cpus) - 1)
+}
+
+/// Steers `dev`'s received packets to the CPUs in `mask`.
+fn rps_mask(ns: &Netns, dev: &str, mask: u64) -> anyhow::Result<()> {
+    let mask = format!("{mask:x}");
     let dir = format!("/sys/class/net/{dev}/queues");
     for q in ns
         .run(&["ls", &dir])?
@@ -400,6 +405,17 @@ impl Topology {
             .run(&["ethtool", "-K", "in0", "tso", on, "gso", on])
             .map(drop)
             .context("setting segmentation offload on the router's in0")
+    }
+
+    /// Steers every received packet on the path to the first client to one CPU, as a NIC with
+    /// one receive queue would: each run then shares its CPUs out the same way (with packets
+    /// spread by flow hash, a connection's receive work lands by chance on the CPU of one
+    /// emulated peer or the other, and its rate with it).
+    pub fn steer_to_cpu(&self, cpu: usize) -> anyhow::Result<()> {
+        let mask = 1u64 << cpu.min(63);
+        rps_mask(&self.router, "out0", mask)?;
+        rps_mask(&self.router, "in0", mask)?;
+        rps_mask(&self.clients[0], "eth0", mask)
     }
 
     /// The first LNet client's namespace (interface `eth0`).

@@ -79,7 +79,10 @@ fn three_hundred_puts(tag: &str, opts: TopoOpts, extra_server: &[&str]) -> (u64,
     let quiet = c["quiet"].as_u64().unwrap_or_default();
     eprintln!("RESULT {tag}: {segments} segments, {quiet} passed on the quiet window");
     // Most segments lie inside payloads and pass without the tracker.
-    assert!(quiet * 3 > segments, "{quiet} of {segments} on the quiet window");
+    assert!(
+        quiet * 3 > segments,
+        "{quiet} of {segments} on the quiet window"
+    );
     // The connection ended: its flow is forgotten.
     lnat.wait_no_flows(Duration::from_secs(10))
         .expect("flows freed");

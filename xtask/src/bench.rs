@@ -13,7 +13,7 @@ pub struct Args {
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
-    /// Fewer rounds and smaller transfers (about two minutes).
+    /// A quarter of the transfers (about eight minutes).
     #[arg(long)]
     quick: bool,
 }

@@ -26,6 +26,7 @@ pub fn attach(iface: &str) -> anyhow::Result<(Ebpf, u32)> {
     // The empty program uses no map: the flow table is kept small.
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::FLOWS, 64)
+        .map_max_entries(names::QUIET, 64)
         .load(datapath::OBJECT)
         .context("loading lnat's object")?;
     let prog: &mut SchedClassifier = ebpf

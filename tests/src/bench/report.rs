@@ -474,6 +474,7 @@ mod tests {
             ns_per_packet: ns,
             packets: 100,
             cpu_s_per_gib: ns.map(|n| n / 100.0),
+            lnat_drops: None,
         }
     }
 
@@ -510,6 +511,7 @@ mod tests {
                 rounds: 3,
                 quick: true,
                 packets_only: false,
+                only: None,
             },
             Machine::default(),
         );

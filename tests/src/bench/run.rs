@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// How much to measure.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Opts {
     /// Rounds of everything.
     pub rounds: usize,
@@ -24,6 +24,8 @@ pub struct Opts {
     pub quick: bool,
     /// Only the single-packet costs: seconds, for work on the datapath.
     pub packets_only: bool,
+    /// Only the workloads whose name contains this.
+    pub only: Option<String>,
 }
 
 /// One measurement.
@@ -50,6 +52,9 @@ pub struct Sample {
     /// CPU seconds spent rewriting (the program's run time, or the relay's CPU time) per GiB of
     /// payload: what a relay costs that lnat does not.
     pub cpu_s_per_gib: Option<f64>,
+    /// Segments lnat dropped for TCP to resend (out of order, or another CPU on the flow):
+    /// each costs the sender a retransmission timeout.
+    pub lnat_drops: Option<u64>,
 }
 
 /// The cost of one kind of packet, run on its own through a program.
@@ -112,7 +117,8 @@ pub fn run(opts: &Opts, stop: &dyn Fn() -> bool) -> anyhow::Result<Outcome> {
                 Config::None | Config::Empty | Config::Lnat => &scale,
                 Config::Following | Config::Relay => &[],
             };
-            for w in single.iter().chain(scaled) {
+            let chosen = |w: &&Workload| opts.only.as_ref().is_none_or(|o| w.name.contains(o));
+            for w in single.iter().chain(scaled).filter(chosen) {
                 if stop() {
                     bail!("interrupted");
                 }
@@ -128,6 +134,9 @@ pub fn run(opts: &Opts, stop: &dyn Fn() -> bool) -> anyhow::Result<Outcome> {
                     s.ns_per_packet
                         .map(|n| format!(", {n:.0} ns/packet"))
                         .unwrap_or_default()
+                        + &s.lnat_drops
+                            .map(|n| format!(", {n} dropped by lnat"))
+                            .unwrap_or_default()
                 );
                 out.samples.push(s);
             }
@@ -148,6 +157,13 @@ fn measure(
     round: usize,
 ) -> anyhow::Result<Sample> {
     let id = active.program_id();
+    let drops = || -> anyhow::Result<Option<u64>> {
+        let Some(l) = active.lnat() else {
+            return Ok(None);
+        };
+        Ok(Some(l.counter("dropped_ooo")? + l.counter("contended")?))
+    };
+    let drops_before = drops()?;
     let before = id.map(kernel::run_stats).transpose()?;
     let m = workload::run(t, w, config)?;
     let cost = match (id, before) {
@@ -170,6 +186,7 @@ fn measure(
         ns_per_packet: cost.map(|c| c.0).filter(|n| !n.is_nan()),
         packets: cost.map_or(0, |c| c.1),
         cpu_s_per_gib: cpu_ns.filter(|_| gib > 0.0).map(|ns| ns / 1e9 / gib),
+        lnat_drops: drops()?.zip(drops_before).map(|(a, b)| a - b),
     })
 }
 
@@ -210,9 +227,17 @@ fn measure_packets(
     Ok(())
 }
 
-/// Thousands of connections a round, each leaving a TIME_WAIT behind: the NAT's 10,000 ports
-/// and the client's must come back quickly.
+/// Makes runs repeatable and independent. Thousands of connections a round, each leaving a
+/// TIME_WAIT behind: the NAT's 10,000 ports and the client's must come back quickly. No TCP
+/// metrics cache: each connection starts as the first did, not from what the last one learned.
+/// The client's packets received on its own CPU, as a client host receives them: spread by
+/// flow hash, a connection's receive work lands by chance with one emulated peer or the other,
+/// and its rate varies fourfold with it.
 fn tune(t: &Topology) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus <= workload::CLIENT_CPU {
+        bail!("the bench needs 2 CPUs, one per emulated peer; this machine has {cpus}");
+    }
     t.router()
         .run(&[
             "sysctl",
@@ -223,5 +248,9 @@ fn tune(t: &Topology) -> anyhow::Result<()> {
     t.client()
         .run(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
         .context("letting the client reuse TIME_WAIT ports")?;
-    Ok(())
+    for ns in [t.client(), t.server()] {
+        ns.run(&["sysctl", "-qw", "net.ipv4.tcp_no_metrics_save=1"])
+            .context("turning the TCP metrics cache off")?;
+    }
+    t.steer_to_cpu(workload::CLIENT_CPU)
 }

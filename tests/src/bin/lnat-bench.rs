@@ -44,15 +44,18 @@ struct RunArgs {
     /// Print JSON instead of Markdown.
     #[arg(long)]
     json: bool,
-    /// Fewer rounds and smaller transfers (about two minutes).
+    /// A quarter of the transfers (about eight minutes).
     #[arg(long)]
     quick: bool,
-    /// Rounds of everything (default 5, 3 with --quick).
+    /// Rounds of everything (default 5).
     #[arg(long)]
     rounds: Option<usize>,
     /// Only the cost of single packets run through the programs (seconds, for datapath work).
     #[arg(long)]
     packets_only: bool,
+    /// Only the workloads whose name contains this (for datapath work).
+    #[arg(long)]
+    only: Option<String>,
     /// Where to write results.json, results.md and cost.svg.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -84,9 +87,10 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let opts = Opts {
-        rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1),
+        rounds: args.rounds.unwrap_or(5).max(1),
         quick: args.quick,
         packets_only: args.packets_only,
+        only: args.only.clone(),
     };
     let outcome = run::run(&opts, &|| STOP.load(Ordering::Relaxed))?;
     let report = Report::new(outcome, &opts, Machine::this());
