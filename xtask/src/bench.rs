@@ -13,7 +13,7 @@ pub struct Args {
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
-    /// A quarter of the transfers (about eight minutes).
+    /// A quarter of the transfers.
     #[arg(long)]
     quick: bool,
 }

@@ -44,7 +44,7 @@ struct RunArgs {
     /// Print JSON instead of Markdown.
     #[arg(long)]
     json: bool,
-    /// A quarter of the transfers (about eight minutes).
+    /// A quarter of the transfers.
     #[arg(long)]
     quick: bool,
     /// Rounds of everything (default 5).
