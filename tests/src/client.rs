@@ -387,7 +387,9 @@ fn exchange(
             continue;
         }
         let index = lnet::index_of(&hdr);
-        let now = monotonic_ns();
+        // CLOCK_MONOTONIC: one clock for every process on the host, so the reports of several
+        // clients can be put on one time line.
+        let now = lnat::datapath::now_ns();
         if report.first_put_ns == 0 {
             report.first_put_ns = now;
         } else {
@@ -419,18 +421,6 @@ fn exchange(
         w.send_lnet(proto, endian, ack, Vec::new(), false)?;
     }
     Ok(End::Done)
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the host, so the reports of
-/// several clients can be put on one time line.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Reads that end by a deadline: the socket's read timeout is kept at the time left, renewed
