@@ -47,6 +47,10 @@ pub struct ClientOpts {
     pub src_port: Option<u16>,
     /// Digest every payload for the report (off for benchmarks, where SHA-256 caps the rate).
     pub digest: bool,
+    /// Read in large blocks (benchmarks, where two reads per message cap the rate). Off, a
+    /// rejected stream leaves unread bytes behind and closing resets the connection, as a
+    /// kernel rejecting a message does.
+    pub read_ahead: bool,
 }
 
 /// How one connection ended.
@@ -299,7 +303,10 @@ fn exchange(
     received: &mut BTreeMap<u64, Put>,
 ) -> anyhow::Result<End> {
     let mut clock = ReadClock::new(stream.try_clone().context("cloning the socket")?, deadline);
-    let mut w = Wire::new(stream, 0, 0)?.read_ahead();
+    let mut w = Wire::new(stream, 0, 0)?;
+    if opts.read_ahead {
+        w = w.read_ahead();
+    }
     let hello = Hello {
         proto: opts.proto,
         src_nid: opts.nid,
@@ -487,6 +494,7 @@ mod tests {
             reconnects: 0,
             src_port: Some(0),
             digest: true,
+            read_ahead: false,
         }
     }
 

@@ -124,7 +124,10 @@ impl Wire {
             self.ahead.resize(have + READ_AHEAD.max(n - have), 0);
             let got = self.stream.read(&mut self.ahead[have..]);
             let got = match got {
-                Ok(0) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "failed to fill whole buffer",
+                )),
                 other => other,
             };
             self.ahead.truncate(have + *got.as_ref().unwrap_or(&0));

@@ -545,6 +545,7 @@ mod tests {
             reconnects: 0,
             src_port: Some(0),
             digest: true,
+            read_ahead: false,
         });
         (report, t.join().expect("server thread"))
     }
@@ -635,6 +636,7 @@ mod tests {
             reconnects: 0,
             src_port: Some(0),
             digest: true,
+            read_ahead: false,
         });
         let served = t.join().expect("server thread");
         assert_eq!(client.status, "refused", "{}", client.reason);

@@ -208,6 +208,7 @@ pub fn run(t: &Topology, w: &Workload, config: Config) -> anyhow::Result<Measure
         "--parallel",
         &parallel,
         "--no-digest",
+        "--read-ahead",
     ])?;
     let report = harness::client_report(client, Duration::from_secs(300))
         .with_context(|| format!("running {}", w.name))?;

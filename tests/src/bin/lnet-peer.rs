@@ -184,6 +184,9 @@ struct ClientArgs {
     /// Do not digest payloads (benchmarks); the report's digests are empty.
     #[arg(long)]
     no_digest: bool,
+    /// Read in large blocks rather than message by message (benchmarks).
+    #[arg(long)]
+    read_ahead: bool,
 }
 
 #[derive(Args)]
@@ -346,6 +349,7 @@ fn main() -> ExitCode {
                 reconnects: a.reconnects,
                 src_port: a.src_port,
                 digest: !a.no_digest,
+                read_ahead: a.read_ahead,
             };
             let report = if a.parallel > 1 {
                 client::run_many(&opts, a.parallel)
