@@ -12,7 +12,7 @@ use crate::bench::{
     packets::Kind,
     run::{Opts, Outcome, PacketSample, Sample},
     stats::Summary,
-    workload::{self, Unit},
+    workload::{self, BULK, SMALL, SMALL_APART, Unit},
 };
 
 /// The machine the numbers come from.
@@ -135,11 +135,6 @@ pub struct Report {
     pub samples: Vec<Sample>,
 }
 
-/// The bulk workload's name, which the targets refer to.
-const BULK: &str = "bulk 1 MiB";
-/// The workloads whose message rate has a target.
-const SMALL: [&str; 2] = ["0 B messages", "4 KiB messages"];
-
 impl Report {
     /// Summarises `outcome`.
     pub fn new(outcome: Outcome, opts: &Opts, machine: Machine) -> Report {
@@ -239,7 +234,7 @@ impl Report {
             true,
             0.97,
         )];
-        for w in SMALL {
+        for w in SMALL.iter().chain(&SMALL_APART) {
             t.push(Target::new(
                 &format!("{w} rate, lnat / no program"),
                 self.row(w, Config::Lnat).and_then(|r| r.ratio),

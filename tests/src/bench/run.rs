@@ -230,9 +230,9 @@ fn measure_packets(
 /// Makes runs repeatable and independent. Thousands of connections a round, each leaving a
 /// TIME_WAIT behind: the NAT's 10,000 ports and the client's must come back quickly. No TCP
 /// metrics cache: each connection starts as the first did, not from what the last one learned.
-/// The client's packets received on its own CPU, as a client host receives them: spread by
-/// flow hash, a connection's receive work lands by chance with one emulated peer or the other,
-/// and its rate varies fourfold with it.
+/// Where the client's packets are received is set per workload (`Workload::rx_apart`): spread
+/// by flow hash, a connection's receive work would land by chance with one emulated peer or the
+/// other, and its rate would vary fourfold with it.
 fn tune(t: &Topology) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus <= workload::CLIENT_CPU {
@@ -252,5 +252,5 @@ fn tune(t: &Topology) -> anyhow::Result<()> {
         ns.run(&["sysctl", "-qw", "net.ipv4.tcp_no_metrics_save=1"])
             .context("turning the TCP metrics cache off")?;
     }
-    t.steer_to_cpu(workload::CLIENT_CPU)
+    Ok(())
 }

@@ -41,6 +41,9 @@ pub struct Workload {
     pub unit: Unit,
     /// 64 KiB packets (GSO and GRO), or MTU-sized ones, which are one size at any flow count.
     pub large_packets: bool,
+    /// The client's packets received on the other CPU (the server's) rather than its own: a
+    /// host whose NIC delivers a connection to a core other than the one reading it.
+    pub rx_apart: bool,
 }
 
 /// 1 MiB, LNet's largest PUT.
@@ -52,40 +55,37 @@ const SCALE_SIZE: u32 = 1 << 16;
 /// Flow counts of the scale workloads.
 pub const SCALE_FLOWS: [usize; 4] = [1, 16, 256, 4096];
 
-/// The single-connection workloads: bulk, then the parser's worst cases.
+/// The single-connection workloads: bulk, then the parser's worst cases, received on the
+/// client's CPU and then apart from it.
 pub fn single(quick: bool) -> Vec<Workload> {
     // About a second each with --quick: shorter runs are mostly TCP's window opening.
     let k = if quick { 1 } else { 4 };
+    let one =
+        |name: &str, size: u32, puts: u64, batch: usize, unit: Unit, rx_apart: bool| Workload {
+            name: name.into(),
+            size,
+            puts: puts * k,
+            flows: 1,
+            batch,
+            unit,
+            large_packets: true,
+            rx_apart,
+        };
     vec![
-        Workload {
-            name: "bulk 1 MiB".into(),
-            size: MIB,
-            puts: 1500 * k,
-            flows: 1,
-            batch: 1,
-            unit: Unit::Gbps,
-            large_packets: true,
-        },
-        Workload {
-            name: "0 B messages".into(),
-            size: 0,
-            puts: 300_000 * k,
-            flows: 1,
-            batch: 64,
-            unit: Unit::MsgPerSec,
-            large_packets: true,
-        },
-        Workload {
-            name: "4 KiB messages".into(),
-            size: 4096,
-            puts: 150_000 * k,
-            flows: 1,
-            batch: 16,
-            unit: Unit::MsgPerSec,
-            large_packets: true,
-        },
+        one(BULK, MIB, 1500, 1, Unit::Gbps, false),
+        one(SMALL[0], 0, 300_000, 64, Unit::MsgPerSec, false),
+        one(SMALL[1], 4096, 150_000, 16, Unit::MsgPerSec, false),
+        one(SMALL_APART[0], 0, 300_000, 64, Unit::MsgPerSec, true),
+        one(SMALL_APART[1], 4096, 150_000, 16, Unit::MsgPerSec, true),
     ]
 }
+
+/// The bulk workload's name.
+pub const BULK: &str = "bulk 1 MiB";
+/// The small-message workloads, received on the client's CPU.
+pub const SMALL: [&str; 2] = ["0 B messages", "4 KiB messages"];
+/// The same, received on the other CPU.
+pub const SMALL_APART: [&str; 2] = ["0 B, rx apart", "4 KiB, rx apart"];
 
 /// The scale workloads: 64 KiB PUTs over 1 to 4,096 connections at once, in MTU-sized packets.
 /// In 64 KiB packets the cost per packet follows where headers fall in them (a rewrite deep in
@@ -102,6 +102,7 @@ pub fn scale(quick: bool) -> Vec<Workload> {
             batch: 1,
             unit: Unit::Gbps,
             large_packets: false,
+            rx_apart: false,
         })
         .collect()
 }
@@ -129,8 +130,8 @@ struct RelayReport {
 }
 
 /// The CPU the emulated server runs on.
-const SERVER_CPU: &str = "0";
-/// The CPU the emulated client runs on, and where its packets are received (see `run::tune`).
+const SERVER_CPU: usize = 0;
+/// The CPU the emulated client runs on, and where its packets are received unless `rx_apart`.
 pub const CLIENT_CPU: usize = 1;
 
 /// Where the relay listens in the client's namespace.
@@ -139,6 +140,7 @@ const RELAY_PORT: u16 = 1988;
 /// Runs `w` across `t` once under `config`.
 pub fn run(t: &Topology, w: &Workload, config: Config) -> anyhow::Result<Measured> {
     t.set_large_packets(w.large_packets)?;
+    t.steer_to_cpu(if w.rx_apart { SERVER_CPU } else { CLIENT_CPU })?;
     let (puts, size, conns, batch) = (
         w.puts.to_string(),
         w.size.to_string(),
@@ -152,7 +154,7 @@ pub fn run(t: &Topology, w: &Workload, config: Config) -> anyhow::Result<Measure
     let server = t.server().spawn(&[
         "taskset",
         "-c",
-        SERVER_CPU,
+        &SERVER_CPU.to_string(),
         &bin,
         "server",
         "--nid",
@@ -283,5 +285,16 @@ mod tests {
             );
         }
         assert_eq!(scale(false)[0].puts, 8192);
+    }
+
+    #[test]
+    fn each_message_workload_runs_again_received_apart() {
+        let s = single(true);
+        for (near, apart) in SMALL.iter().zip(SMALL_APART) {
+            let a = s.iter().find(|w| w.name == *near).expect("near");
+            let b = s.iter().find(|w| w.name == apart).expect("apart");
+            assert!(!a.rx_apart && b.rx_apart);
+            assert_eq!((a.size, a.puts, a.batch), (b.size, b.puts, b.batch));
+        }
     }
 }
