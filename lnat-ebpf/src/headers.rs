@@ -6,7 +6,7 @@
 use aya_ebpf::{helpers::generated::bpf_skb_pull_data, programs::TcContext};
 use lnat_common::{maps::SegmentInfo, tracker::Role};
 
-use crate::maps;
+use crate::{maps, skb::opaque};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -23,14 +23,6 @@ pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
 /// Acknowledgement.
 pub const ACK: u8 = 0x10;
-
-/// `v`, with everything the compiler knows about it forgotten, so that the bounds check below
-/// stays in the form the verifier reads (a packet pointer compared with the packet's end).
-#[inline(always)]
-fn opaque(v: usize) -> usize {
-    // SAFETY: reads a local.
-    unsafe { core::ptr::read_volatile(&v) }
-}
 
 /// The `N` bytes at `off`, if the linear area holds them.
 #[inline(always)]

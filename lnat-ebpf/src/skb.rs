@@ -13,9 +13,10 @@ use lnat_common::{csum, history::Clip, maps::SegmentInfo, segment::Packet};
 ///
 /// LLVM drops a bounds check it can prove redundant from its own range analysis, which the
 /// verifier does not share; reading the value back through memory keeps the check in the
-/// bytecode, where the verifier needs it to bound a helper's length argument.
+/// bytecode, where the verifier needs it: to bound a helper's length argument, or a packet
+/// offset before it is compared with the packet's end.
 #[inline(always)]
-fn opaque(v: u32) -> u32 {
+pub fn opaque<T: Copy>(v: T) -> T {
     // SAFETY: reads a local.
     unsafe { core::ptr::read_volatile(&v) }
 }
