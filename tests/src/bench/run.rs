@@ -161,7 +161,14 @@ fn measure(
         let Some(l) = active.lnat() else {
             return Ok(None);
         };
-        Ok(Some(l.counter("dropped_ooo")? + l.counter("contended")?))
+        // One `lnat status` for both counters.
+        let c = l.counters()?;
+        let n = |name: &str| {
+            c[name]
+                .as_u64()
+                .with_context(|| format!("no counter {name}"))
+        };
+        Ok(Some(n("dropped_ooo")? + n("contended")?))
     };
     let drops_before = drops()?;
     let before = id.map(kernel::run_stats).transpose()?;
