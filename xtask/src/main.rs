@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Install what building and testing lnat needs (Debian packages, rust-src, bpf-linker).
     Setup,
-    /// Build the `lnat`, `lnet-peer` and `lnat-bench` binaries (release).
+    /// Build the `lnat`, `lnet-peer`, `lnat-bench` and `lnat-demo` binaries (release).
     Build,
     /// Show lnat fixing a NATed Lustre client, in network namespaces.
     Demo,
