@@ -9,13 +9,20 @@ use anyhow::{Context as _, bail};
 
 use crate::workspace::{self, exec};
 
-/// Debian packages and a binary each provides.
-const PACKAGES: [(&str, &str); 5] = [
+/// Debian packages and a binary each provides: the namespace tests and the bench need the
+/// first five, the kernel matrix (a QEMU guest booting a busybox initramfs) the rest.
+const PACKAGES: [(&str, &str); 11] = [
     ("bpftool", "bpftool"),
     ("iproute2", "ip"),
     ("nftables", "nft"),
     ("ethtool", "ethtool"),
     ("iperf3", "iperf3"),
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("busybox-static", "busybox"),
+    ("cpio", "cpio"),
+    ("kmod", "kmod"),
+    ("zstd", "zstd"),
+    ("xz-utils", "xz"),
 ];
 
 /// bpf-linker version known to work with this nightly's LLVM.
