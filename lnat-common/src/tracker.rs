@@ -570,12 +570,11 @@ impl Tracker {
             return;
         }
         let target = u32::from_le_bytes(field.form.addr_bytes(self.target));
-        let a = addr_at % PREFIX_MAX;
         let have_bytes = [
-            self.buf[a],
-            self.buf[(a + 1) % PREFIX_MAX],
-            self.buf[(a + 2) % PREFIX_MAX],
-            self.buf[(a + 3) % PREFIX_MAX],
+            self.prefix_byte(addr_at),
+            self.prefix_byte(addr_at + 1),
+            self.prefix_byte(addr_at + 2),
+            self.prefix_byte(addr_at + 3),
         ];
         let full = u32::from_le_bytes(have_bytes) ^ target;
         // The bytes newly in hand, [done, avail), as a word mask.
@@ -633,17 +632,27 @@ impl Tracker {
         }
     }
 
+    /// The prefix byte at `i`, counted round the buffer (`i` is below `2 * PREFIX_MAX`).
+    ///
+    /// A conditional subtraction, not `%`: a variable `%` compiles to a division, whose result
+    /// older verifiers (Linux 6.1) do not bound, and then refuse it as a map value offset.
+    fn prefix_byte(&self, i: usize) -> u8 {
+        let i = if i >= PREFIX_MAX { i - PREFIX_MAX } else { i };
+        self.buf.get(i).copied().unwrap_or(0)
+    }
+
     /// True when the first `known` bytes of the field are the hint's.
+    ///
+    /// Every byte position is visited, whatever `known`: a loop bounded by `known` alone is
+    /// one the compiler may leave without its `LARGE_NID_LEN` bound (it knows `known` is
+    /// smaller), and older verifiers (Linux 6.1), which do not, then walk it off the stack.
     fn hint_matches(&self, field: NidField, known: usize) -> bool {
         let hint = field.form.wire(Nid(self.hint));
-        let mut i = 0;
-        while i < known && i < crate::nid::LARGE_NID_LEN {
-            if self.buf[(field.off() + i) % PREFIX_MAX] != hint[i] {
-                return false;
-            }
-            i += 1;
+        let mut same = true;
+        for (i, h) in hint.iter().enumerate() {
+            same &= i >= known || self.prefix_byte(field.off() + i) == *h;
         }
-        true
+        same
     }
 
     /// With the whole NID in hand: reports a partial decision it contradicts, learns from an

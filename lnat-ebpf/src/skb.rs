@@ -21,6 +21,23 @@ pub fn opaque<T: Copy>(v: T) -> T {
     unsafe { core::ptr::read_volatile(&v) }
 }
 
+/// `len` as a helper's length argument the verifier can prove is in `1..=max`, or `None`.
+///
+/// Verifiers before Linux 6.8 learn nothing from `len != 0` (they refine only ranges, and
+/// "not zero" is not one), and those before 6.3 forget the range of a 32-bit value spilled to
+/// the stack, so Debian 12's 6.1 saw a length of 0 possible and refused the call ("invalid
+/// access to map value ... size=0"). Here the range comes from arithmetic on a 64-bit value
+/// read back through memory, so the compiler cannot merge the checks: `len - 1 < max`, then
+/// `+ 1`, which any verifier follows.
+#[inline(always)]
+pub fn helper_len(len: usize, max: u32) -> Option<u32> {
+    let below = opaque((len as u64).wrapping_sub(1));
+    if below >= max as u64 {
+        return None;
+    }
+    Some(below as u32 + 1)
+}
+
 /// The payload of one segment.
 pub struct SkbPacket {
     skb: *mut __sk_buff,
@@ -69,10 +86,9 @@ impl SkbPacket {
 
 impl Packet for SkbPacket {
     fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {
-        let n = opaque(dst.len() as u32);
-        if n == 0 || n > lnat_common::tracker::PREFIX_MAX as u32 {
+        let Some(n) = helper_len(dst.len(), lnat_common::tracker::PREFIX_MAX as u32) else {
             return false;
-        }
+        };
         // SAFETY: `dst` is valid for `n` bytes; the helper checks the packet side.
         unsafe {
             bpf_skb_load_bytes(
@@ -85,10 +101,9 @@ impl Packet for SkbPacket {
     }
 
     fn patch(&mut self, clip: &Clip, reach: u32) -> bool {
-        let n = opaque(clip.len);
-        if n == 0 || n > 4 {
+        let Some(n) = helper_len(clip.len as usize, 4) else {
             return false;
-        }
+        };
         let at = self.payload_off() + clip.off;
         let mut old = [0u8; 4];
         // SAFETY: `old` holds 4 bytes and n <= 4.
