@@ -5,7 +5,7 @@
 //! packets and this crate.
 #![no_std]
 
-#[cfg(any(test, feature = "std"))]
+#[cfg(test)]
 extern crate std;
 
 pub mod crc;
@@ -18,10 +18,3 @@ pub mod segment;
 pub mod seq;
 pub mod tracker;
 pub mod wire;
-
-#[cfg(any(test, feature = "std"))]
-pub mod frames;
-#[cfg(any(test, feature = "std"))]
-pub mod reference;
-#[cfg(any(test, feature = "std"))]
-pub mod testkit;

@@ -7,11 +7,13 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use lnat_common::{
-    frames::{self, ACK, SYN, Tcp4},
     nid::Nid,
     segment,
-    testkit::{MapEnv, VecPacket},
     tracker::{Admit, Note, Role, Tracker},
+};
+use lnat_testkit::{
+    MapEnv, VecPacket,
+    frames::{self, ACK, SYN, Tcp4},
 };
 
 /// One TCP segment from a capture.

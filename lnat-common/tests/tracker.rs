@@ -4,10 +4,10 @@
 use lnat_common::{
     nid::Nid,
     segment,
-    testkit::{self, Cast, MapEnv, Receiver, Rng, Unit, VecPacket, Weather},
     tracker::{Admit, Desync, Note, Role, Tracker},
     wire::{Endian, Proto},
 };
+use lnat_testkit::{Cast, MapEnv, Receiver, Rng, Unit, VecPacket, Weather};
 use proptest::prelude::*;
 
 fn nid(s: &str) -> Nid {
@@ -317,25 +317,25 @@ proptest! {
         let role = if passive { Role::Passive } else { Role::Active };
         let mut rng = Rng::new(seed);
         let c = cast();
-        let spec = testkit::random_stream(&mut rng, role, proto, endian, c, &lnet_dests(c));
+        let spec = lnat_testkit::random_stream(&mut rng, role, proto, endian, c, &lnet_dests(c));
         let stream = spec.bytes();
         let mut env = MapEnv { learn, ..MapEnv::default() };
         if static_map || (proto == Proto::V1 && learn) {
             env.mappings.insert(c.external, 0);
         }
-        let want = testkit::expected(&stream, role, LOCAL, &env);
+        let want = lnat_testkit::expected(&stream, role, LOCAL, &env);
         prop_assert_eq!(want.desync_at, None);
         let hint = hint_of(&env);
         let rx = Receiver { role, local: LOCAL, env, hint };
-        let d = testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
+        let d = lnat_testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
         prop_assert!(d.received == want.bytes, "received bytes differ from the reference");
         prop_assert_eq!(copies_agree_at(&d, &want.bytes), None);
         prop_assert_eq!(&d.env.learned, &want.learned);
         prop_assert_eq!(d.env.count(Note::Conflict), 0);
         prop_assert!(!d.tracker.desynced());
-        let checked = testkit::check_csums(&d.received, &spec);
+        let checked = lnat_testkit::check_csums(&d.received, &spec);
         prop_assert!(checked.is_ok(), "checksum broken at {:?}", checked);
-        prop_assert_eq!(testkit::check_csums(&stream, &spec), checked);
+        prop_assert_eq!(lnat_testkit::check_csums(&stream, &spec), checked);
         // Framing ends exactly at the end of the stream.
         prop_assert_eq!(d.tracker.cursor(), d.tracker.unit_seq);
     }
@@ -351,12 +351,12 @@ proptest! {
         let mut rng = Rng::new(seed);
         let c = cast();
         let strangers: Vec<Nid> = (0..6).map(|_| Nid::new(rng.bits() as u32 & 0xff0f_00ff | 0x0000_7100, 2, 0)).chain([c.external]).collect();
-        let spec = testkit::random_stream(&mut rng, Role::Active, proto, endian, c, &strangers);
+        let spec = lnat_testkit::random_stream(&mut rng, Role::Active, proto, endian, c, &strangers);
         let stream = spec.bytes();
         let env = MapEnv { learn: true, ..MapEnv::default() };
-        let want = testkit::expected(&stream, Role::Active, LOCAL, &env);
+        let want = lnat_testkit::expected(&stream, Role::Active, LOCAL, &env);
         let rx = Receiver { role: Role::Active, local: LOCAL, env, hint: Nid(0) };
-        let d = testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
+        let d = lnat_testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
         prop_assert!(!d.tracker.desynced());
         prop_assert_eq!(d.tracker.cursor(), d.tracker.unit_seq);
         if d.received != want.bytes {
@@ -383,15 +383,17 @@ proptest! {
     }
 }
 
-fn copies_agree_at(d: &testkit::Delivered, want: &[u8]) -> Option<usize> {
-    testkit::copies_agree(d, want).err().map(|(at, _, _)| at)
+fn copies_agree_at(d: &lnat_testkit::Delivered, want: &[u8]) -> Option<usize> {
+    lnat_testkit::copies_agree(d, want)
+        .err()
+        .map(|(at, _, _)| at)
 }
 
 #[test]
 fn v2_checksums_survive_every_split() {
     let mut rng = Rng::new(42);
     let c = cast();
-    let mut spec = testkit::random_stream(
+    let mut spec = lnat_testkit::random_stream(
         &mut rng,
         Role::Active,
         Proto::V2,
@@ -411,7 +413,7 @@ fn v2_checksums_survive_every_split() {
         let mut env = learning_env();
         let out = run_cut(&stream, &[cut], &mut env);
         assert_eq!(
-            testkit::check_csums(&out, &spec),
+            lnat_testkit::check_csums(&out, &spec),
             Ok(spec.units.len()),
             "cut {cut}"
         );
@@ -446,13 +448,13 @@ fn segments_inside_payloads_pass_on_the_quiet_window() {
             Role::Active
         };
         let c = cast();
-        let spec = testkit::random_stream(&mut rng, role, proto, endian, c, &lnet_dests(c));
+        let spec = lnat_testkit::random_stream(&mut rng, role, proto, endian, c, &lnet_dests(c));
         let stream = spec.bytes();
         let mut env = learning_env();
         if proto == Proto::V1 {
             env.mappings.insert(c.external, 0);
         }
-        let want = testkit::expected(&stream, role, LOCAL, &env);
+        let want = lnat_testkit::expected(&stream, role, LOCAL, &env);
         let hint = hint_of(&env);
         let rx = Receiver {
             role,
@@ -460,7 +462,7 @@ fn segments_inside_payloads_pass_on_the_quiet_window() {
             env,
             hint,
         };
-        let d = testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
+        let d = lnat_testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
         assert!(
             d.received == want.bytes,
             "seed {seed}: received bytes differ"

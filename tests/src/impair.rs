@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use lnat_common::testkit::Rng;
+use lnat_testkit::Rng;
 use serde::{Deserialize, Serialize};
 
 /// What to do to frames going from `a` to `b`, in percent per frame.

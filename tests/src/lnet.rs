@@ -9,9 +9,9 @@ use anyhow::{Context as _, bail};
 use lnat_common::{
     crc,
     nid::Nid,
-    testkit::{Rng, Unit, encode_unit},
     wire::{self, Connreq, Endian, Hello, KsockHdr, LnetHdr, Proto},
 };
+use lnat_testkit::{Rng, Unit, encode_unit};
 
 /// One end of a socklnd connection.
 pub struct Wire {

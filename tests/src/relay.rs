@@ -12,9 +12,9 @@ use anyhow::Context as _;
 use lnat_common::{
     nid::Nid,
     segment,
-    testkit::VecPacket,
     tracker::{Env, Note, Role, Tracker},
 };
+use lnat_testkit::VecPacket;
 use serde::Serialize;
 
 /// Where the relay listens and forwards, and what it rewrites.
@@ -186,10 +186,8 @@ fn relay(client: TcpStream, upstream: TcpStream, opts: &RelayOpts) -> anyhow::Re
 
 #[cfg(test)]
 mod tests {
-    use lnat_common::{
-        testkit::{self, Cast, MapEnv, Rng},
-        wire::{Endian, Proto},
-    };
+    use lnat_common::wire::{Endian, Proto};
+    use lnat_testkit::{Cast, MapEnv, Rng};
 
     use super::*;
 
@@ -219,12 +217,13 @@ mod tests {
             // NID cut after them is decided on the hint, in the relay as in the datapath.
             let dests = [cast.external, cast.local];
             let stream =
-                testkit::random_stream(&mut rng, Role::Active, proto, endian, cast, &dests).bytes();
+                lnat_testkit::random_stream(&mut rng, Role::Active, proto, endian, cast, &dests)
+                    .bytes();
             let env = MapEnv {
                 mappings: [(cast.external, 0)].into(),
                 ..MapEnv::default()
             };
-            let want = testkit::expected(&stream, Role::Active, cast.local.addr(), &env);
+            let want = lnat_testkit::expected(&stream, Role::Active, cast.local.addr(), &env);
             let mut got = stream.clone();
             let mut rw = Rewriter::new(cast.external, cast.local);
             let mut at = 0;
@@ -249,7 +248,7 @@ mod tests {
             external: nid("203.0.113.1@tcp"),
             local: nid("198.51.100.2@tcp"),
         };
-        let stream = testkit::random_stream(
+        let stream = lnat_testkit::random_stream(
             &mut Rng::new(3),
             Role::Active,
             Proto::V3,

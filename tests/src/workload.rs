@@ -3,7 +3,8 @@
 
 use std::str::FromStr;
 
-use lnat_common::{nid::Nid, testkit::Rng, wire::LNET_MTU};
+use lnat_common::{nid::Nid, wire::LNET_MTU};
+use lnat_testkit::Rng;
 use sha2::{Digest as _, Sha256};
 
 use crate::report::Put;

@@ -18,12 +18,14 @@ use aya::{
 };
 use lnat::datapath::{self, Maps};
 use lnat_common::{
-    frames::{self, ACK, Build, PSH, SYN, Tcp4},
     maps::{Counters, Origin},
     nid::Nid,
-    testkit::{self, Cast, Rng},
     tracker::Role,
     wire::{Endian, Proto},
+};
+use lnat_testkit::{
+    Cast, Rng,
+    frames::{self, ACK, Build, PSH, SYN, Tcp4},
 };
 
 /// The classifier's "carry on" verdict (TC_ACT_UNSPEC).
@@ -367,7 +369,7 @@ fn random_streams_through_the_program_match_the_reference() {
         ];
         for case in 0..56u16 {
             let (proto, endian) = versions[case as usize % versions.len()];
-            let spec = testkit::random_stream(
+            let spec = lnat_testkit::random_stream(
                 &mut rng,
                 Role::Active,
                 proto,
@@ -376,12 +378,13 @@ fn random_streams_through_the_program_match_the_reference() {
                 &[cast.external, cast.local, others],
             );
             let stream = spec.bytes();
-            let env = testkit::MapEnv {
+            let env = lnat_testkit::MapEnv {
                 learn: true,
                 mappings: BTreeMap::from([(cast.external, 0)]),
-                ..testkit::MapEnv::default()
+                ..lnat_testkit::MapEnv::default()
             };
-            let want = testkit::expected(&stream, Role::Active, u32::from_be_bytes(CLIENT), &env);
+            let want =
+                lnat_testkit::expected(&stream, Role::Active, u32::from_be_bytes(CLIENT), &env);
             assert_eq!(want.desync_at, None);
             let port = 41000 + case;
             let isn = rng.bits() as u32;

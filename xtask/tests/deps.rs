@@ -1,5 +1,6 @@
 //! What the dependency trees may not contain: xtask must build on a fresh machine before
-//! `cargo xtask setup` has installed the nightly's rust-src and bpf-linker.
+//! `cargo xtask setup` has installed the nightly's rust-src and bpf-linker, and the shipped
+//! `lnat` must not carry the test kit.
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
@@ -46,5 +47,19 @@ fn xtask_builds_without_the_bpf_toolchain() {
             "lnat-tests",
         ],
         "xtask must compile before setup installs rust-src and bpf-linker",
+    );
+}
+
+#[test]
+fn lnat_is_built_without_the_test_kit() {
+    let names = tree("lnat-user", "normal,build");
+    assert!(
+        names.contains("lnat-common"),
+        "lnat-user without lnat-common"
+    );
+    lacks(
+        &names,
+        &["lnat-testkit", "lnat-tests", "proptest"],
+        "the shipped lnat must not contain test code",
     );
 }

@@ -8,10 +8,10 @@ use libfuzzer_sys::fuzz_target;
 use lnat_common::{
     nid::Nid,
     segment,
-    testkit::{self, MapEnv, StreamSpec, Unit, VecPacket},
     tracker::{Note, Role, Tracker},
     wire::{self, Connreq, Endian, Hello, LnetHdr, LnetType, Proto},
 };
+use lnat_testkit::{MapEnv, StreamSpec, Unit, VecPacket};
 
 const LOCAL: u32 = 0xc633_6402;
 const NAT: u32 = 0xcb00_7101;
@@ -161,7 +161,7 @@ fuzz_target!(|c: Case| {
         env.mappings.insert(nid(NAT, 0), 0);
     }
     let stream = spec.bytes();
-    let want = testkit::expected(&stream, role, LOCAL, &env);
+    let want = lnat_testkit::expected(&stream, role, LOCAL, &env);
     let hint = env.mappings.keys().next_back().copied().unwrap_or(Nid(0));
     let mut t = Box::new(Tracker::new(role, 0xffff_fff0, LOCAL, hint));
     let (first, copies) = deliver(&stream, &c, &mut t, &mut env);

@@ -4,7 +4,7 @@
 //! The golden tests feed whole frames to the loaded datapath (`BPF_PROG_TEST_RUN`) and to the
 //! host tracker; both need the same view of where a frame's TCP payload is.
 
-use std::{borrow::ToOwned, path::Path, vec::Vec};
+use std::path::Path;
 
 /// Ethernet header length without VLAN tags.
 pub const ETH_LEN: usize = 14;

@@ -1,21 +1,27 @@
-//! Host-side harness for the tracker: LNet stream builder, a segment-delivery simulator, and the
-//! environment and packet stand-ins the datapath provides for real.
+//! lnat's test kit: a host-side harness for the tracker (LNet stream builder, a
+//! segment-delivery simulator, and the environment and packet stand-ins the datapath provides for
+//! real), the reference rewrite ([`reference`]) and a frame codec ([`frames`]).
 //!
-//! Shared by the property tests, the golden-capture tests and the fuzz target, so they all drive
-//! the tracker through [`crate::segment`] exactly as the eBPF program does.
+//! Shared by lnat-common's property and capture tests, the fuzz target and the namespace tests,
+//! so they all drive the tracker through [`lnat_common::segment`] exactly as the eBPF program
+//! does. A crate of its own, which the `lnat` binary does not depend on, so none of this ships.
 
-use std::{collections::BTreeMap, vec, vec::Vec};
+pub mod frames;
+pub mod reference;
 
-use crate::{
+use std::collections::BTreeMap;
+
+use lnat_common::{
     crc,
     history::Clip,
     nid::Nid,
     quiet::Quiet,
-    reference::{self, Setup},
     segment::{self, Packet},
     tracker::{Admit, Env, Note, Role, Tracker},
     wire::{self, Connreq, Endian, Hello, KsockHdr, LnetHdr, LnetType, Proto},
 };
+
+use crate::reference::Setup;
 
 /// A mapping table and learning switch, recording what the tracker reports.
 #[derive(Clone, Debug, Default)]

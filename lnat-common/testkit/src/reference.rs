@@ -4,9 +4,9 @@
 //! a partial NID and never sees a segment boundary. The tracker, fed the same stream in any
 //! segmentation, must produce the same bytes; tests and the fuzz target check exactly that.
 
-use std::{collections::BTreeMap, vec::Vec};
+use std::collections::BTreeMap;
 
-use crate::{
+use lnat_common::{
     crc,
     nid::{Nid, NidForm},
     tracker::Role,
