@@ -161,43 +161,76 @@ pub struct Config {
     pub hint: NidKey,
 }
 
-/// What the datapath decided, summed over CPUs by `lnat status`.
-#[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct Counters {
+/// Declares [`Counters`] from one table: each counter once, with the doc comment that is also
+/// its description in `lnat status --help`. Adding a counter is adding a line here; the struct,
+/// the sum over CPUs and what `lnat status` prints follow, in this order.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])+ $name:ident,)+) => {
+        /// What the datapath decided, summed over CPUs by `lnat status`.
+        ///
+        /// Plain `u64` fields, so that the datapath counts with `c.field += 1` and `bpftool`
+        /// prints them by name from BTF.
+        #[repr(C)]
+        #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+        pub struct Counters {
+            $($(#[doc = $doc])+ pub $name: u64,)+
+        }
+
+        impl Counters {
+            /// How many counters there are.
+            pub const COUNT: usize = [$(stringify!($name)),+].len();
+
+            /// Each counter's name and what it counts, in the order `lnat status` prints them.
+            pub const DESCRIPTIONS: [(&'static str, &'static str); Self::COUNT] =
+                [$((stringify!($name), concat!($($doc),+).trim_ascii())),+];
+
+            /// Each counter's name and value, in the order `lnat status` prints them.
+            pub const fn fields(&self) -> [(&'static str, u64); Self::COUNT] {
+                [$((stringify!($name), self.$name)),+]
+            }
+
+            /// Adds `other` field by field (the sum of the per-CPU copies).
+            pub const fn add(&mut self, other: &Counters) {
+                $(self.$name = self.$name.wrapping_add(other.$name);)+
+            }
+        }
+    };
+}
+
+counters! {
     /// TCP segments with payload on a followed connection.
-    pub segments: u64,
+    segments,
     /// NID addresses rewritten.
-    pub rewritten: u64,
+    rewritten,
     /// V2 checksummed messages whose dest_pid compensates a rewrite.
-    pub compensated: u64,
+    compensated,
     /// External NIDs learned from HELLOs.
-    pub learned: u64,
+    learned,
     /// Learned NIDs the mapping table had no room for.
-    pub learn_failed: u64,
+    learn_failed,
     /// Segments dropped because they start past a header not yet seen (TCP resends them).
-    pub dropped_ooo: u64,
+    dropped_ooo,
     /// Connections given up as unfollowable and passed through from then on.
-    pub desynced: u64,
+    desynced,
     /// Segments on an LNet port with no flow state (evicted, or older than the attachment).
-    pub evicted: u64,
+    evicted,
     /// NIDs decided on their first bytes that the whole NID contradicted.
-    pub conflicts: u64,
+    conflicts,
     /// Segments reaching back past the patch history.
-    pub history_misses: u64,
+    history_misses,
     /// Connections followed from their handshake.
-    pub flows_opened: u64,
+    flows_opened,
     /// Connections forgotten on FIN or RST.
-    pub flows_closed: u64,
+    flows_closed,
     /// Packets passed without a look at their payload (not IPv4 TCP on an LNet port).
-    pub passed: u64,
+    passed,
     /// IPv4 fragments on an LNet port, passed untouched.
-    pub fragments: u64,
+    fragments,
     /// Segments dropped because another CPU was working on their connection (TCP resends them).
-    pub contended: u64,
+    contended,
     /// Of `segments`, those passed on their flow's quiet window without the tracker: the
     /// middle of payloads, most of a bulk transfer (see `quiet`).
-    pub quiet: u64,
+    quiet,
 }
 
 /// The adapter's cache of the last mapping lookup, so headers to the same NID skip the map.
@@ -309,4 +342,46 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::LearnEvent {}
     unsafe impl aya::Pod for super::Work {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counters;
+
+    #[test]
+    fn the_counter_table_names_values_and_sums_each_field_once() {
+        let a = Counters {
+            segments: 1,
+            quiet: 7,
+            ..Counters::default()
+        };
+        let mut sum = a;
+        sum.add(&Counters {
+            segments: 2,
+            fragments: 5,
+            ..Counters::default()
+        });
+        let fields = sum.fields();
+        assert_eq!(fields.len(), Counters::COUNT);
+        assert_eq!(fields[0], ("segments", 3));
+        assert_eq!(fields[Counters::COUNT - 1], ("quiet", 7));
+        assert!(fields.contains(&("fragments", 5)));
+        assert_eq!(
+            size_of::<Counters>(),
+            8 * Counters::COUNT,
+            "one u64 per counter, no padding"
+        );
+        for ((name, _), (described, text)) in fields.iter().zip(Counters::DESCRIPTIONS) {
+            assert_eq!(*name, described);
+            assert!(
+                !text.is_empty() && !text.starts_with(' '),
+                "{name}: {text:?}"
+            );
+        }
+        assert_eq!(
+            Counters::DESCRIPTIONS[Counters::COUNT - 1].1,
+            "Of `segments`, those passed on their flow's quiet window without the tracker: the \
+             middle of payloads, most of a bulk transfer (see `quiet`)."
+        );
+    }
 }
