@@ -3,7 +3,9 @@
 
 pub mod datapath;
 pub mod iface;
+pub mod kernel;
 pub mod lock;
 pub mod pins;
 pub mod privileges;
 pub mod report;
+pub mod verifier;
