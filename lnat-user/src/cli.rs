@@ -24,6 +24,7 @@ pub enum Command {
     /// Attach the datapath to an interface's ingress and run until SIGINT or SIGTERM.
     Attach(AttachArgs),
     /// Show mappings, followed connections and counters (works while `attach` runs).
+    #[command(after_long_help = lnat::report::counter_help())]
     Status(StatusArgs),
     /// Add or remove a static mapping on a running attachment.
     #[command(subcommand)]

@@ -4,20 +4,20 @@ use std::path::Path;
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, TcAttachOptions},
+        LinkOrder, ProgramError, ProgramInfo, ProgramType, SchedClassifier, TcAttachType,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
     },
-    util::KernelVersion,
+    sys::{BpfHelper, is_helper_supported, is_map_supported},
 };
 use lnat_common::{
     maps::{Config, Counters, FlowKey, FlowState, MAX_PORTS, Mapping, NidKey, Origin, names},
     nid::Nid,
 };
 
-use crate::{iface::Iface, pins};
+use crate::{iface::Iface, kernel, pins, verifier::Rejected};
 
 /// The compiled TC program (built by build.rs from `lnat-ebpf`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lnat"));
@@ -44,47 +44,139 @@ impl Mode {
     }
 }
 
-/// A live attachment.
-#[derive(Clone, Copy, Debug)]
+/// A live attachment, as `lnat attach` made it.
+#[derive(Debug)]
 pub struct Attached {
     /// How it is attached.
     pub mode: Mode,
     /// The kernel's id of the program.
     pub program_id: u32,
+    /// The tcx link or clsact filter, for [`detach`].
+    link: SchedClassifierLinkId,
+}
+
+/// The lnat program working on an interface, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Running {
+    /// How it is attached.
+    pub mode: Mode,
+    /// The kernel's id of the program.
+    pub program_id: u32,
+    /// Instructions the verifier processed to accept it (out of its 1M limit).
+    pub verified_insns: Option<u32>,
 }
 
 /// Loads the object with the flow table sized to `max_flows`; the program is not yet verified.
+///
+/// The kernel is asked first for what the datapath needs beyond what any BPF kernel has, so
+/// that an old one is refused with its name and what it lacks rather than with a verifier log.
 pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
-    let kernel = KernelVersion::current().context("reading the kernel version")?;
-    if kernel < KernelVersion::new(5, 17, 0) {
-        bail!("kernel {kernel:?} lacks bpf_loop: lnat needs Linux 5.17 or newer");
-    }
+    check_kernel()?;
+    raise_memlock_limit()?;
     EbpfLoader::new()
         .map_max_entries(names::FLOWS, max_flows)
         .map_max_entries(names::QUIET, max_flows)
         .load(OBJECT)
-        .context("loading the datapath's maps (does this kernel have BPF ring buffers and BTF?)")
+        .map_err(|e| map_error(&kernel::name(), e))
 }
 
-/// The mode `mode` (or, when `None`, the best this kernel has: tcx from Linux 6.6).
-pub fn choose(mode: Option<Mode>) -> anyhow::Result<Mode> {
-    match mode {
-        Some(Mode::Tcx) if !has_tcx()? => {
-            bail!("this kernel has no tcx (Linux 6.6 or newer); use --attach-mode clsact")
+/// Refuses a kernel without BPF ring buffers (before 5.8) or `bpf_loop` (before 5.17, unless
+/// backported, as in RHEL 9's 5.14). A probe that cannot decide lets the load go ahead: its
+/// own errors say more.
+fn check_kernel() -> anyhow::Result<()> {
+    if matches!(is_map_supported(MapType::RingBuf), Ok(false)) {
+        bail!(
+            "{} lacks BPF ring buffers (Linux 5.8+), which lnat's datapath needs",
+            kernel::name()
+        );
+    }
+    if matches!(
+        is_helper_supported(ProgramType::SchedClassifier, BpfHelper::BPF_FUNC_loop),
+        Ok(false)
+    ) {
+        bail!(
+            "{} lacks the BPF helper bpf_loop (Linux 5.17+), which lnat's datapath needs",
+            kernel::name()
+        );
+    }
+    Ok(())
+}
+
+/// Lifts RLIMIT_MEMLOCK as far as lnat may: kernels before 5.11 charge BPF maps to it, and
+/// the flow table is larger than its usual 8 MiB. Without CAP_SYS_RESOURCE (in some
+/// containers) that is the hard limit; later kernels do not need it at all.
+fn raise_memlock_limit() -> anyhow::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given; setrlimit reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error()).context("reading RLIMIT_MEMLOCK");
         }
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
+            return Ok(());
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("raising RLIMIT_MEMLOCK to its hard limit for the maps");
+        }
+    }
+    Ok(())
+}
+
+/// A failed load of the object as one line: which map `kernel` would not create, and why.
+fn map_error(kernel: &str, e: EbpfError) -> anyhow::Error {
+    match e {
+        EbpfError::MapError(MapError::CreateError { name, io_error }) => {
+            let what = if name == names::EVENTS {
+                " (a BPF ring buffer, Linux 5.8+)"
+            } else {
+                ""
+            };
+            anyhow!("{kernel} refused to create the map {name}{what}: {io_error}")
+        }
+        e => anyhow::Error::new(e).context(format!(
+            "loading the datapath's maps and BTF into {kernel} (lnat needs Linux 5.17+ or \
+             backports of BPF ring buffers and bpf_loop)"
+        )),
+    }
+}
+
+/// The mode `mode` (or, when `None`, the best the kernel has for `iface`: tcx where it has
+/// tcx links, Linux 6.6 and later).
+pub fn choose(mode: Option<Mode>, iface: &str) -> anyhow::Result<Mode> {
+    let tcx = tcx_programs(iface)?.is_some();
+    match mode {
+        Some(Mode::Tcx) if !tcx => bail!(
+            "{} has no tcx (Linux 6.6+); use --attach-mode clsact",
+            kernel::name()
+        ),
         Some(m) => Ok(m),
-        None if has_tcx()? => Ok(Mode::Tcx),
+        None if tcx => Ok(Mode::Tcx),
         None => Ok(Mode::Clsact),
     }
 }
 
 /// Removes an lnat clsact filter left on `iface` by an lnat that was killed (tcx links go
-/// with their process; filters do not). True if there was one.
+/// with their process; filters do not). True if there was one. Asked whatever the mode, on
+/// kernels with tcx too: the killed lnat may have used clsact.
 pub fn remove_stale_filter(iface: &str) -> anyhow::Result<bool> {
     match tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROGRAM) {
         Ok(()) => Ok(true),
         Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(tc::TcError::NetlinkError(_)) => Ok(false),
+        // No clsact qdisc, so no filter.
+        Err(tc::TcError::NetlinkError(e))
+            if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(e).with_context(|| format!("removing a stale lnat filter from {iface}")),
     }
 }
@@ -97,15 +189,24 @@ pub fn attach(ebpf: &mut Ebpf, iface: &Iface, mode: Mode) -> anyhow::Result<Atta
         .context("the datapath object has no lnat program")?
         .try_into()
         .context("the lnat program is not a TC classifier")?;
-    prog.load()
-        .context("the kernel's verifier rejected the datapath")?;
-    if mode == Mode::Tcx {
+    prog.load().map_err(|e| match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => anyhow::Error::new(Rejected::new(
+            &kernel::name(),
+            &io_error,
+            &verifier_log.to_string(),
+        )),
+        e => anyhow::Error::new(e).context("loading the datapath's program"),
+    })?;
+    let link = if mode == Mode::Tcx {
         prog.attach_with_options(
             &iface.name,
             TcAttachType::Ingress,
             TcAttachOptions::TcxOrder(LinkOrder::first()),
         )
-        .with_context(|| format!("attaching to {} ingress with tcx", iface.name))?;
+        .with_context(|| format!("attaching to {} ingress with tcx", iface.name))?
     } else {
         if let Err(e) = tc::qdisc_add_clsact(&iface.name)
             && !already_exists(&e)
@@ -121,10 +222,26 @@ pub fn attach(ebpf: &mut Ebpf, iface: &Iface, mode: Mode) -> anyhow::Result<Atta
             TcAttachType::Ingress,
             TcAttachOptions::Netlink(options),
         )
-        .with_context(|| format!("attaching to {} ingress on clsact", iface.name))?;
-    }
+        .with_context(|| format!("attaching to {} ingress on clsact", iface.name))?
+    };
     let program_id = prog.info().context("reading the program's id")?.id();
-    Ok(Attached { mode, program_id })
+    Ok(Attached {
+        mode,
+        program_id,
+        link,
+    })
+}
+
+/// Removes the tcx link or the clsact filter `attached` made, the same way in either mode,
+/// and says so if that fails (dropping the object would do it silently).
+pub fn detach(ebpf: &mut Ebpf, iface: &str, attached: Attached) -> anyhow::Result<()> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROGRAM)
+        .context("the datapath object has no lnat program")?
+        .try_into()
+        .context("the lnat program is not a TC classifier")?;
+    prog.detach(attached.link)
+        .with_context(|| format!("detaching from {iface} ingress ({})", attached.mode.name()))
 }
 
 /// True when an error says, somewhere in its chain, that the thing already exists.
@@ -142,33 +259,58 @@ fn already_exists(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The verifier's cost of a loaded program: instructions it processed (out of its 1M limit).
-pub fn verified_insns(program_id: u32) -> Option<u32> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == program_id)
-        .and_then(|p| p.verified_instruction_count())
+/// The lnat program working on `iface`, in either mode: the loaded program that uses the
+/// interface's pinned LNAT_CONFIG (each attachment has its own maps). It is attached by tcx
+/// if tcx lists it on the interface, else by the clsact filter that alone keeps it loaded.
+pub fn running(iface: &str) -> anyhow::Result<Option<Running>> {
+    let config = pins::open(iface, names::CONFIG)?
+        .info()
+        .with_context(|| format!("reading the id of {iface}'s {}", names::CONFIG))?
+        .id();
+    let mut found = None;
+    for p in aya::programs::loaded_programs() {
+        // A program unloaded while the list is read is not ours to report.
+        let Ok(p) = p else { continue };
+        if p.name_as_str() != Some(PROGRAM) {
+            continue;
+        }
+        let maps = p
+            .map_ids()
+            .with_context(|| format!("reading the maps of program {}", p.id()))?;
+        if maps.is_some_and(|ids| ids.contains(&config)) {
+            found = Some(p);
+            break;
+        }
+    }
+    let Some(p) = found else { return Ok(None) };
+    let on_tcx = tcx_programs(iface)?.is_some_and(|tcx| tcx.iter().any(|t| t.id() == p.id()));
+    Ok(Some(Running {
+        mode: if on_tcx { Mode::Tcx } else { Mode::Clsact },
+        program_id: p.id(),
+        verified_insns: p.verified_instruction_count(),
+    }))
 }
 
 /// The id of an lnat program attached to `iface` ingress through tcx, if there is one.
-pub fn running_on(iface: &str) -> anyhow::Result<Option<u32>> {
-    if !has_tcx()? {
-        return Ok(None);
-    }
-    let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress)
-        .with_context(|| format!("listing the programs on {iface} ingress"))?;
-    Ok(programs
-        .iter()
-        .find(|p| p.name_as_str() == Some(PROGRAM))
-        .map(|p| p.id()))
+pub fn on_tcx(iface: &str) -> anyhow::Result<Option<u32>> {
+    Ok(tcx_programs(iface)?.and_then(|programs| {
+        programs
+            .iter()
+            .find(|p| p.name_as_str() == Some(PROGRAM))
+            .map(ProgramInfo::id)
+    }))
 }
 
-/// True on kernels with tcx links (6.6 and later).
-fn has_tcx() -> anyhow::Result<bool> {
-    Ok(
-        KernelVersion::current().context("reading the kernel version")?
-            >= KernelVersion::new(6, 6, 0),
-    )
+/// The programs on `iface` ingress through tcx; `None` when the kernel has no tcx links
+/// (before 6.6; asked, not guessed from the version, for kernels with backports).
+fn tcx_programs(iface: &str) -> anyhow::Result<Option<Vec<ProgramInfo>>> {
+    match SchedClassifier::query_tcx(iface, TcAttachType::Ingress) {
+        Ok((_, programs)) => Ok(Some(programs)),
+        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINVAL) => {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("listing the tcx programs on {iface} ingress")),
+    }
 }
 
 /// Pins every lnat map of `ebpf` under `dir`.
@@ -342,29 +484,10 @@ impl Maps {
     /// The counters, summed over CPUs.
     pub fn counters(&self) -> anyhow::Result<Counters> {
         let per_cpu = self.counters.get(&0, 0).context("reading LNAT_COUNTERS")?;
-        Ok(per_cpu.iter().fold(Counters::default(), |a, c| sum(&a, c)))
-    }
-}
-
-/// Field-wise sum of two counter sets.
-fn sum(a: &Counters, b: &Counters) -> Counters {
-    Counters {
-        segments: a.segments + b.segments,
-        rewritten: a.rewritten + b.rewritten,
-        compensated: a.compensated + b.compensated,
-        learned: a.learned + b.learned,
-        learn_failed: a.learn_failed + b.learn_failed,
-        dropped_ooo: a.dropped_ooo + b.dropped_ooo,
-        desynced: a.desynced + b.desynced,
-        evicted: a.evicted + b.evicted,
-        conflicts: a.conflicts + b.conflicts,
-        history_misses: a.history_misses + b.history_misses,
-        flows_opened: a.flows_opened + b.flows_opened,
-        flows_closed: a.flows_closed + b.flows_closed,
-        passed: a.passed + b.passed,
-        fragments: a.fragments + b.fragments,
-        contended: a.contended + b.contended,
-        quiet: a.quiet + b.quiet,
+        Ok(per_cpu.iter().fold(Counters::default(), |mut sum, c| {
+            sum.add(c);
+            sum
+        }))
     }
 }
 
@@ -377,4 +500,43 @@ pub fn now_ns() -> u64 {
     // SAFETY: writes into `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_the_kernel_cannot_create_is_named_with_the_kernel() {
+        let refused = |name: &str| {
+            map_error(
+                "kernel 5.4.0-150-generic",
+                EbpfError::MapError(MapError::CreateError {
+                    name: name.to_owned(),
+                    io_error: std::io::Error::from_raw_os_error(libc::EINVAL),
+                }),
+            )
+            .to_string()
+        };
+        assert_eq!(
+            refused(names::EVENTS),
+            "kernel 5.4.0-150-generic refused to create the map LNAT_EVENTS (a BPF ring buffer, \
+             Linux 5.8+): Invalid argument (os error 22)"
+        );
+        assert_eq!(
+            refused(names::FLOWS),
+            "kernel 5.4.0-150-generic refused to create the map LNAT_FLOWS: Invalid argument (os \
+             error 22)"
+        );
+    }
+
+    #[test]
+    fn other_load_failures_say_what_lnat_needs() {
+        let e = map_error("kernel 4.19.0", EbpfError::NoBTF);
+        assert_eq!(
+            format!("{e:#}"),
+            "loading the datapath's maps and BTF into kernel 4.19.0 (lnat needs Linux 5.17+ or \
+             backports of BPF ring buffers and bpf_loop): no BTF parsed for object"
+        );
+    }
 }

@@ -6,6 +6,7 @@ mod cmd;
 use std::process::ExitCode;
 
 use clap::{Parser as _, error::ErrorKind};
+use lnat::verifier::Rejected;
 
 use crate::cli::{Cli, Command};
 
@@ -38,6 +39,9 @@ fn main() -> ExitCode {
             eprintln!("lnat: error: {}", one_line(&e));
             if std::env::var_os("LNAT_DEBUG").is_some() {
                 eprintln!("{e:?}");
+                if let Some(rejected) = e.chain().find_map(|c| c.downcast_ref::<Rejected>()) {
+                    eprintln!("\nverifier log:\n{}", rejected.log());
+                }
             }
             ExitCode::FAILURE
         }

@@ -18,6 +18,8 @@ pub struct Status {
     pub iface: String,
     /// The live program, if one is attached (queried from the kernel).
     pub program_id: Option<u32>,
+    /// How it is attached: `tcx` or `clsact`.
+    pub mode: Option<&'static str>,
     /// Instructions the verifier processed to accept it (its limit is 1,000,000).
     pub verified_insns: Option<u32>,
     /// Followed LNet ports.
@@ -69,26 +71,18 @@ pub struct FlowView {
     pub desynced: Option<&'static str>,
 }
 
-/// The counter names and values, in a fixed order.
-pub fn counter_fields(c: &Counters) -> Vec<(&'static str, u64)> {
-    vec![
-        ("segments", c.segments),
-        ("rewritten", c.rewritten),
-        ("compensated", c.compensated),
-        ("learned", c.learned),
-        ("learn_failed", c.learn_failed),
-        ("dropped_ooo", c.dropped_ooo),
-        ("desynced", c.desynced),
-        ("evicted", c.evicted),
-        ("conflicts", c.conflicts),
-        ("history_misses", c.history_misses),
-        ("flows_opened", c.flows_opened),
-        ("flows_closed", c.flows_closed),
-        ("passed", c.passed),
-        ("fragments", c.fragments),
-        ("contended", c.contended),
-        ("quiet", c.quiet),
-    ]
+/// What each counter counts, for `lnat status --help`.
+pub fn counter_help() -> String {
+    let width = Counters::DESCRIPTIONS
+        .iter()
+        .map(|(name, _)| name.len())
+        .max()
+        .unwrap_or(0);
+    let mut help = "Counters:".to_owned();
+    for (name, what) in Counters::DESCRIPTIONS {
+        help.push_str(&format!("\n  {name:width$}  {what}"));
+    }
+    help
 }
 
 fn addr(a: [u8; 4]) -> std::net::Ipv4Addr {
@@ -145,11 +139,12 @@ impl Status {
         let maps = Maps::pinned(iface)?;
         let cfg = maps.config()?;
         let now = datapath::now_ns();
-        let program_id = datapath::running_on(iface).ok().flatten();
+        let running = datapath::running(iface)?;
         Ok(Status {
             iface: iface.to_owned(),
-            program_id,
-            verified_insns: program_id.and_then(datapath::verified_insns),
+            program_id: running.map(|r| r.program_id),
+            mode: running.map(|r| r.mode.name()),
+            verified_insns: running.and_then(|r| r.verified_insns),
             ports: cfg.ports[..(cfg.nports as usize).min(cfg.ports.len())].to_vec(),
             learning: cfg.learn != 0,
             mappings: maps
@@ -158,7 +153,7 @@ impl Status {
                 .map(|(n, m)| mapping_view(*n, m, now))
                 .collect(),
             flows: maps.flows()?.iter().map(|(k, f)| flow_view(k, f)).collect(),
-            counters: counter_fields(&maps.counters()?),
+            counters: maps.counters()?.fields().to_vec(),
         })
     }
 
@@ -173,12 +168,12 @@ impl Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let prog = match self.program_id {
-            Some(id) => match self.verified_insns {
-                Some(n) => format!("attached (program {id}, {n} instructions verified)"),
-                None => format!("attached (program {id})"),
+        let prog = match (self.program_id, self.mode) {
+            (Some(id), Some(mode)) => match self.verified_insns {
+                Some(n) => format!("attached ({mode}, program {id}, {n} instructions verified)"),
+                None => format!("attached ({mode}, program {id})"),
             },
-            None => "pinned maps only (no tcx program found)".to_owned(),
+            _ => "pinned maps only (no lnat program uses them)".to_owned(),
         };
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
         writeln!(

@@ -51,6 +51,65 @@ fn clsact_mode_works_and_leaves_no_filter() {
     assert!(!tc_filters(&host).contains("lnat"), "filter left behind");
 }
 
+/// Asserts that `lnat status` finds the program `lnat` announced, attached in `mode`, with
+/// its verifier cost, in JSON and in text.
+fn assert_status_finds_the_program(host: &Host, lnat: &Lnat<'_>, mode: &str) {
+    let program = lnat.program_id().expect("program id");
+    let status = lnat.status().expect("status");
+    assert_eq!(status["program_id"], program, "{status}");
+    assert_eq!(status["mode"], mode, "{status}");
+    let verified = status["verified_insns"].as_u64().unwrap_or(0);
+    assert!(verified > 0, "{status}");
+    let text = host.lnat(&["status", "eth0"]).expect("status");
+    assert!(
+        text.starts_with(&format!(
+            "eth0: attached ({mode}, program {program}, {verified} instructions verified)"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn status_finds_a_clsact_program_and_sigterm_removes_its_filter() {
+    let t = Topology::new("clst", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &["--attach-mode", "clsact"]).expect("attach");
+    assert_status_finds_the_program(&host, &lnat, "clsact");
+    assert!(tc_filters(&host).contains("lnat"), "no filter");
+    // SAFETY: kill(2) on the lnat this test started.
+    unsafe { libc::kill(lnat.pid() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !lnat
+        .lines()
+        .iter()
+        .any(|l| l.contains("detached from eth0"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no detach on SIGTERM: {:?}",
+            lnat.lines()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(tc_filters(&host).trim(), "", "filter left behind");
+}
+
+#[test]
+fn status_finds_the_program_in_the_mode_attach_chose() {
+    let t = Topology::new("mode", TopoOpts::default()).expect("topology");
+    let host = Host::new(t.client()).expect("host");
+    let lnat = Lnat::attach(&host, "eth0", &[]).expect("attach");
+    // tcx where the kernel has it, clsact where it does not (Debian 12's 6.1).
+    let mode = if lnat.lines()[0].contains("(tcx, program") {
+        "tcx"
+    } else {
+        "clsact"
+    };
+    assert_status_finds_the_program(&host, &lnat, mode);
+    lnat.stop().expect("stop");
+    assert!(!tc_filters(&host).contains("lnat"), "filter left behind");
+}
+
 #[test]
 fn sigkill_mid_transfer_then_reattach_and_reconnect() {
     let t = Topology::new("kill", TopoOpts::default()).expect("topology");

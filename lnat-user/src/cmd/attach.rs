@@ -58,10 +58,10 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     privileges::require()?;
     let iface = iface::lookup(&args.iface)?;
     check_ports(&args.ports)?;
-    let mode = datapath::choose(args.attach_mode)?;
+    let mode = datapath::choose(args.attach_mode, &iface.name)?;
     pins::ensure_bpffs()?;
     let _lock = AttachLock::take(&iface.name)?;
-    if let Some(id) = datapath::running_on(&iface.name)? {
+    if let Some(id) = datapath::on_tcx(&iface.name)? {
         bail!(
             "an lnat program ({id}) is attached to {} by something else",
             iface.name
@@ -106,8 +106,10 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    rt.block_on(serve(events, logger, maps, ttl))?;
-    drop(ebpf);
+    let served = rt.block_on(serve(events, logger, maps, ttl));
+    let detached = datapath::detach(&mut ebpf, &iface.name, attached);
+    served?;
+    detached?;
     say(&format!("detached from {}", iface.name));
     Ok(())
 }
