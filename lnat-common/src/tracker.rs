@@ -643,16 +643,20 @@ impl Tracker {
 
     /// True when the first `known` bytes of the field are the hint's.
     ///
-    /// Every byte position is visited, whatever `known`: a loop bounded by `known` alone is
-    /// one the compiler may leave without its `LARGE_NID_LEN` bound (it knows `known` is
-    /// smaller), and older verifiers (Linux 6.1), which do not, then walk it off the stack.
+    /// `known` passes a compiler barrier before it is bounded: the compiler knows it is below
+    /// the field's length and would drop the `nid::LARGE_NID_LEN` bound, which older verifiers
+    /// (Linux 6.1), not knowing it, need to end the loop inside the hint.
     fn hint_matches(&self, field: NidField, known: usize) -> bool {
         let hint = field.form.wire(Nid(self.hint));
-        let mut same = true;
-        for (i, h) in hint.iter().enumerate() {
-            same &= i >= known || self.prefix_byte(field.off() + i) == *h;
+        let known = core::hint::black_box(known).min(crate::nid::LARGE_NID_LEN);
+        let mut i = 0;
+        while i < known {
+            if self.prefix_byte(field.off() + i) != hint[i] {
+                return false;
+            }
+            i += 1;
         }
-        same
+        true
     }
 
     /// With the whole NID in hand: reports a partial decision it contradicts, learns from an

@@ -274,9 +274,15 @@ pub fn running(iface: &str) -> anyhow::Result<Option<Running>> {
         if p.name_as_str() != Some(PROGRAM) {
             continue;
         }
-        let maps = p
-            .map_ids()
-            .with_context(|| format!("reading the maps of program {}", p.id()))?;
+        // Nor is one unloaded before its maps are read (another lnat detaching meanwhile).
+        let maps = match p.map_ids() {
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue;
+            }
+            maps => maps.with_context(|| format!("reading the maps of program {}", p.id()))?,
+        };
         if maps.is_some_and(|ids| ids.contains(&config)) {
             found = Some(p);
             break;
