@@ -245,7 +245,7 @@ mod tests {
         out
     }
 
-    /// The wire vectors of lnet-wire.md.
+    /// The NID encodings of docs/protocol.md.
     #[test]
     fn nid4_vectors() {
         let cases: [(&str, [u8; 8]); 4] = [

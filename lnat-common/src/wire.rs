@@ -705,7 +705,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// lnet-wire.md: connreq from 198.51.100.2@tcp to 203.0.113.10@tcp.
+    /// docs/protocol.md, V3 exchange: connreq from 198.51.100.2@tcp to 203.0.113.10@tcp.
     #[test]
     fn connreq_vector() {
         let want = hex("00 71 ce ac 01 00 00 00 0a 71 00 cb 00 00 02 00");
@@ -728,7 +728,7 @@ mod tests {
         assert_eq!(Connreq::decode(&out[..n]), Ok((v2, Endian::Little)));
     }
 
-    /// lnet-wire.md: client HELLO and the server HELLO naming the client 203.0.113.1@tcp.
+    /// docs/protocol.md, V3 exchange: client HELLO and the server HELLO naming the client 203.0.113.1@tcp.
     #[test]
     fn hello_vectors() {
         let client = hex(
@@ -806,7 +806,7 @@ mod tests {
         assert_eq!(Hello::decode(&b), Err(WireError::TooManyIps(17)));
     }
 
-    /// lnet-wire.md: a PUT from the server to 203.0.113.1@tcp with a 16-byte payload.
+    /// docs/protocol.md, V3 exchange: a PUT from the server to 203.0.113.1@tcp with a 16-byte payload.
     #[test]
     fn put_vector() {
         let msg = hex(

@@ -1,4 +1,4 @@
-//! The tracker against the specification: vectors from lnet-wire.md, every split position, and
+//! The tracker against the specification: vectors from docs/protocol.md, every split position, and
 //! random streams delivered through random networks, compared with the reference rewrite.
 
 use lnat_common::{
@@ -22,7 +22,7 @@ fn hex(s: &str) -> Vec<u8> {
 
 const LOCAL: u32 = 0xc633_6402; // 198.51.100.2
 
-/// Server HELLO naming us 203.0.113.1@tcp, then the PUT of lnet-wire.md.
+/// Server HELLO naming us 203.0.113.1@tcp, then the PUT of docs/protocol.md.
 fn vector_stream() -> Vec<u8> {
     let mut s = hex(
         "63 69 72 45 03 00 00 00 0a 71 00 cb 00 00 02 00 01 71 00 cb 00 00 02 00 39 30 00 00 \

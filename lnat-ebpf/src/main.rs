@@ -5,7 +5,7 @@
 //! `lnat_common::segment` decide and place every change. See `lnat_common::tracker`.
 #![no_std]
 #![no_main]
-// Atomic add on shared map values; the eBPF crate is built with nightly (see toolchain notes).
+// Atomic add on shared map values; the eBPF crate is built with nightly (README.md, Building).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 

@@ -1,5 +1,5 @@
 //! lnat's test world: network namespaces with a NAT between an LNet client and server, an LNet
-//! peer emulator that follows the kernel's rules (lnet-wire.md), and helpers to run `lnat` in it.
+//! peer emulator that follows the kernel's rules (docs/protocol.md), and helpers to run `lnat` in it.
 //! The namespace tests in `tests/`, the bench and the demo (`lnat-demo`) are built on it.
 
 pub mod bench;

@@ -501,7 +501,7 @@ mod tests {
         assert!(b.recv_msg(Proto::V3, Endian::Little).is_err());
     }
 
-    /// The PUT of lnet-wire.md's test vectors, up to the union, then its match bits and payload.
+    /// The PUT of docs/protocol.md's V3 exchange, up to the union, then its match bits and payload.
     #[test]
     fn the_put_matches_the_spec_vector() {
         let hdr = header(

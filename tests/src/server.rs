@@ -1,4 +1,4 @@
-//! The emulated LNet server: the acceptor and passive socklnd rules of lnet-wire.md, then a
+//! The emulated LNet server: the acceptor and passive socklnd rules of docs/protocol.md (Receiver rules), then a
 //! stream of PUTs to each peer.
 
 use std::{

@@ -189,7 +189,7 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// lnet-wire.md's test vectors: the server's HELLO to the client seen as 203.0.113.1@tcp, then
+/// The V3 exchange of docs/protocol.md: the server's HELLO to the client seen as 203.0.113.1@tcp, then
 /// a PUT to that NID with a 16-byte payload.
 fn vectors() -> Vec<u8> {
     hex(

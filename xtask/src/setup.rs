@@ -1,4 +1,4 @@
-//! Installing what lnat needs on a fresh machine (../shared/toolchain.md, automated).
+//! Installing what lnat needs on a fresh machine (README.md, Building, automated).
 
 use std::{
     path::{Path, PathBuf},

@@ -35,7 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The datapath only builds for BPF, with nightly (../shared/toolchain.md).
+    // The datapath only builds for BPF, with nightly (README.md, Building).
     exec(
         Command::new("rustup")
             .current_dir(workspace::root().join("lnat-ebpf"))
