@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod matrix;
 mod setup;
 mod test;
 mod workspace;
@@ -26,8 +27,11 @@ enum Command {
     Build,
     /// Show lnat fixing a NATed Lustre client, in network namespaces.
     Demo,
-    /// Run every check: formatting, clippy, unit, property and namespace tests.
+    /// Run every check: formatting, clippy, unit, property and namespace tests on this
+    /// kernel, then the kernel matrix (Debian's 6.1, 6.12 and 5.10 under qemu).
     Test(test::Args),
+    /// Only the kernel matrix (after building what it runs).
+    Matrix,
     /// Measure what lnat costs: throughput, message rate and per-packet cost, against no
     /// program, an empty program and a userspace relay (results in target/bench/).
     Bench(bench::Args),
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Command::Build => setup::run().and_then(|()| workspace::build_release()),
         Command::Demo => demo::run(),
         Command::Test(args) => test::run(args),
+        Command::Matrix => test::matrix(),
         Command::Bench(args) => bench::run(args),
     };
     match result {

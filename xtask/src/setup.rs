@@ -134,10 +134,7 @@ fn bpf_linker() -> anyhow::Result<()> {
         .and_then(|v| v.split('.').next())
         .context("rustc +nightly -vV names no LLVM version")?
         .to_owned();
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    let prefix = Path::new(&home)
-        .join(".cache/lnat")
-        .join(format!("llvm-{major}"));
+    let prefix = workspace::cache_dir()?.join(format!("llvm-{major}"));
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
     let mut libllvm = None;

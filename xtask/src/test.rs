@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::bail;
 
 use crate::{
-    setup,
+    matrix, setup,
     workspace::{self, cargo, exec},
 };
 
@@ -66,7 +66,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return exec(&mut test);
     }
     exec(&mut test)?;
-    fuzz(FUZZ_SECS)
+    fuzz(FUZZ_SECS)?;
+    matrix::run()
+}
+
+/// The kernel matrix alone: set up, build, boot each kernel.
+pub fn matrix() -> anyhow::Result<()> {
+    setup::run()?;
+    if !workspace::is_root() {
+        bail!("the kernel matrix needs root (network namespaces and BPF in each guest)");
+    }
+    workspace::build_release()?;
+    matrix::run()
 }
 
 /// Seconds of fuzzing in every test run (the long runs are done by hand; see the README).

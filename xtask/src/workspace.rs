@@ -43,6 +43,27 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` and returns what it printed, failing with its command line and its errors.
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let line = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {line}"))?;
+    if !out.status.success() {
+        bail!(
+            "{line} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Where downloads, the bpf-linker's LLVM and the kernel matrix's kernels are kept between
+/// runs: `~/.cache/lnat`.
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(Path::new(&home).join(".cache/lnat"))
+}
+
 /// Builds the binaries the demo, the tests and the bench run.
 pub fn build_release() -> anyhow::Result<()> {
     exec(cargo().args([
