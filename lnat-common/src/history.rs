@@ -10,8 +10,13 @@
 
 use crate::seq;
 
-/// Runs kept per flow; older runs are forgotten and `floor` records how far back that reaches.
+/// Runs kept per flow; older runs are forgotten and `[lost, floor)` records where they lay.
 pub const RUNS: usize = 64;
+/// How far behind the cursor the history's marks may trail: the largest TCP receive window
+/// (65,535 << 14, just under 1 GiB). No segment from further back can be accepted by the
+/// receiver, and positions that far apart still compare correctly modulo 2^32; marks left older
+/// (a stream with nothing to rewrite for gigabytes) are brought up to it, see [`History::follow`].
+pub const SPAN: u32 = 1 << 30;
 const _: () = assert!(RUNS.is_power_of_two());
 
 /// One patch: XOR `xor` into the four bytes at stream position `pos` (zero bytes are untouched).
@@ -75,7 +80,10 @@ pub struct History {
     pub next: u32,
     /// Slots in use.
     pub used: u32,
-    /// Segments starting before this position may have lost patches to eviction.
+    /// Where the forgotten runs began: `[lost, floor)` may have held patches the history no
+    /// longer knows (empty when equal).
+    pub lost: u32,
+    /// Where the forgotten runs ended.
     pub floor: u32,
     /// Position just past the newest patch: segments starting here or later need no history.
     pub end: u32,
@@ -93,6 +101,7 @@ impl History {
             }; RUNS],
             next: 0,
             used: 0,
+            lost: start,
             floor: start,
             end: start,
         }
@@ -102,6 +111,7 @@ impl History {
     pub const fn reset(&mut self, start: u32) {
         self.next = 0;
         self.used = 0;
+        self.lost = start;
         self.floor = start;
         self.end = start;
     }
@@ -127,6 +137,10 @@ impl History {
         let idx = self.next as usize % RUNS;
         if let Some(slot) = self.runs.get_mut(idx) {
             if self.used as usize == RUNS {
+                // Runs are made in stream order, so the first one forgotten starts the stretch.
+                if self.lost == self.floor {
+                    self.lost = slot.first;
+                }
                 self.floor = seq::max(self.floor, slot.end());
             } else {
                 self.used += 1;
@@ -141,9 +155,30 @@ impl History {
         self.next = ((idx + 1) % RUNS) as u32;
     }
 
-    /// True when a segment starting at `seq` reaches back to where patches were forgotten.
-    pub const fn misses(&self, seq: u32) -> bool {
-        seq::before(seq, self.floor)
+    /// True when the segment `[seq, seq + len)` overlaps the stretch whose patches were
+    /// forgotten: only there could a copy lack a patch its first copy got. A segment of a
+    /// stream where nothing was ever rewritten, or old bytes before the first forgotten patch,
+    /// miss nothing.
+    pub const fn misses(&self, seq: u32, len: u32) -> bool {
+        seq::before(self.lost, self.floor)
+            && seq::before(seq, self.floor)
+            && seq::before(self.lost, seq.wrapping_add(len))
+    }
+
+    /// Brings marks more than [`SPAN`] behind `cursor` up to `cursor - SPAN`: what they say
+    /// about older bytes no longer matters, and left alone they would, 2 GiB later, compare as
+    /// ahead of the stream (every segment a miss, no quiet window).
+    pub const fn follow(&mut self, cursor: u32) {
+        let oldest = cursor.wrapping_sub(SPAN);
+        if seq::before(self.end, oldest) {
+            self.end = oldest;
+        }
+        if seq::before(self.floor, oldest) {
+            self.floor = oldest;
+        }
+        if seq::before(self.lost, oldest) {
+            self.lost = oldest;
+        }
     }
 
     /// True when a segment starting at `seq` may overlap a recorded patch.
@@ -421,7 +456,7 @@ mod tests {
                 }
                 pos += 4 + if rnd() % 2 == 0 { 92 } else { rnd() % 200 };
             }
-            assert!(!h.misses(base), "too many runs for this test");
+            assert!(!h.misses(base, stream_len), "too many runs for this test");
             for _ in 0..50 {
                 let s = rnd() % stream_len;
                 let l = 1 + rnd() % (stream_len - s);
@@ -436,6 +471,31 @@ mod tests {
     }
 
     #[test]
+    fn nothing_is_missed_where_nothing_was_forgotten_and_old_marks_follow_the_cursor() {
+        let mut h = History::new(1000);
+        assert!(!h.misses(0, u32::MAX) && !h.misses(1000, 10));
+        // 3 GiB of a stream with nothing rewritten: the marks keep up and compare as behind.
+        let mut cursor = 1000u32;
+        for _ in 0..3 {
+            cursor = cursor.wrapping_add(SPAN);
+            h.follow(cursor);
+        }
+        assert_eq!(
+            (h.lost, h.floor, h.end),
+            (cursor - SPAN, cursor - SPAN, cursor - SPAN)
+        );
+        assert!(seq::before(h.end, cursor) && !h.reaches(cursor - 100));
+        assert!(!h.misses(cursor - 100, 50));
+        // Recent marks are left alone.
+        h.push(Patch {
+            pos: cursor - 8,
+            xor: [1, 0, 0, 0],
+        });
+        h.follow(cursor);
+        assert_eq!(h.end, cursor - 4);
+    }
+
+    #[test]
     fn eviction_raises_the_floor() {
         let mut h = History::new(0);
         for i in 0..(RUNS as u32 + 3) {
@@ -445,8 +505,9 @@ mod tests {
             });
         }
         assert_eq!(h.used as usize, RUNS);
-        assert_eq!(h.floor, 2004);
-        assert!(h.misses(2003) && !h.misses(2004));
+        assert_eq!((h.lost, h.floor), (0, 2004));
+        assert!(h.misses(2003, 1) && h.misses(0, 1) && !h.misses(2004, 100));
+        assert!(h.misses(u32::MAX - 1, 3) && !h.misses(u32::MAX - 1, 2));
         assert!(h.reaches((RUNS as u32 + 2) * 1000 + 3));
         assert!(!h.reaches((RUNS as u32 + 2) * 1000 + 4));
     }

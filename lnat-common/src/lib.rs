@@ -10,6 +10,7 @@ extern crate std;
 
 pub mod crc;
 pub mod csum;
+pub mod flow;
 pub mod history;
 pub mod maps;
 pub mod nid;

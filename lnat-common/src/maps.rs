@@ -3,7 +3,7 @@
 //! All are `#[repr(C)]` plain data. Addresses are kept as four bytes in dotted order and NIDs as
 //! (address, LND, number) so that `bpftool map dump` of the BTF-typed maps reads naturally.
 
-use crate::{history::PatchWalk, nid::Nid, tracker::Tracker};
+use crate::{nid::Nid, segment::Driver, tracker::Tracker};
 
 /// Most LNet ports one attachment follows.
 pub const MAX_PORTS: usize = 8;
@@ -212,15 +212,18 @@ counters! {
     dropped_ooo,
     /// Connections given up as unfollowable and passed through from then on.
     desynced,
-    /// Segments on an LNet port with no flow state (evicted, or older than the attachment).
-    evicted,
+    /// Segments on an LNet port of a connection with no flow state, passed untouched: opened
+    /// before the attachment, pushed out of a full flow table, or freed after it closed.
+    untracked,
     /// NIDs decided on their first bytes that the whole NID contradicted.
     conflicts,
-    /// Segments reaching back past the patch history.
+    /// Segments overlapping a stretch whose patches the history forgot (a patch could have
+    /// applied there), passed with what it still knows. 0 where nothing is ever rewritten.
     history_misses,
     /// Connections followed from their handshake.
     flows_opened,
-    /// Connections forgotten on FIN or RST.
+    /// Connections that began to close (their first FIN or RST). Their state stays while
+    /// their bytes can still come (README, Flows).
     flows_closed,
     /// Packets passed without a look at their payload (not IPv4 TCP on an LNet port).
     passed,
@@ -231,6 +234,9 @@ counters! {
     /// Of `segments`, those passed on their flow's quiet window without the tracker: the
     /// middle of payloads, most of a bulk transfer (see `quiet`).
     quiet,
+    /// Of `segments`, those of connections already closing (after their FIN or RST):
+    /// retransmissions and late copies, rewritten as their first copy was.
+    closing,
 }
 
 /// The adapter's cache of the last mapping lookup, so headers to the same NID skip the map.
@@ -265,6 +271,9 @@ pub struct FlowState {
     pub rewrites: u64,
     /// The CPU working on the flow right now, plus one (0: none); see the datapath's `Claim`.
     pub owner: u64,
+    /// 0 while open; once a FIN or RST was seen, `bpf_ktime_get_ns` of the last segment that
+    /// reached the flow (see [`crate::flow`] for when a closing flow is freed).
+    pub closing_ns: u64,
     /// Sequence number of the stream's first byte: tells a repeated handshake from a new one.
     pub start: u32,
     /// Keeps the struct a multiple of 8 bytes.
@@ -306,16 +315,12 @@ pub struct SegmentInfo {
 pub struct Work {
     /// The segment being rewritten.
     pub seg: SegmentInfo,
-    /// Where the history pass is.
-    pub walk: PatchWalk,
+    /// Where its rewrite is.
+    pub driver: Driver,
     /// NIDs rewritten in this packet.
     pub rewrites: u32,
-    /// 1 when the packet could not be read or written.
-    pub failed: u32,
     /// Bytes from the start of the packet made linear (writable) so far.
     pub pulled: u32,
-    /// Keeps the size a multiple of 8.
-    pub _pad: u32,
 }
 
 /// A learned mapping, as the datapath reports it to `lnat attach`.
@@ -364,7 +369,7 @@ mod tests {
         let fields = sum.fields();
         assert_eq!(fields.len(), Counters::COUNT);
         assert_eq!(fields[0], ("segments", 3));
-        assert_eq!(fields[Counters::COUNT - 1], ("quiet", 7));
+        assert_eq!(fields[Counters::COUNT - 2], ("quiet", 7));
         assert!(fields.contains(&("fragments", 5)));
         assert_eq!(
             size_of::<Counters>(),
@@ -379,7 +384,7 @@ mod tests {
             );
         }
         assert_eq!(
-            Counters::DESCRIPTIONS[Counters::COUNT - 1].1,
+            Counters::DESCRIPTIONS[Counters::COUNT - 2].1,
             "Of `segments`, those passed on their flow's quiet window without the tracker: the \
              middle of payloads, most of a bulk transfer (see `quiet`)."
         );

@@ -129,10 +129,10 @@ pub enum Admit {
     Pass,
     /// The segment starts beyond the next unparsed byte: its headers cannot be found.
     Drop,
-    /// Rewrite it (history first, then parse from the cursor); `miss` when it reaches back past
-    /// the forgotten part of the history.
+    /// Rewrite it (history first, then parse from the cursor); `miss` when it overlaps the
+    /// stretch whose patches the history forgot.
     Track {
-        /// True when part of the segment predates the patch history.
+        /// True when part of the segment may have had a patch the history no longer knows.
         miss: bool,
     },
 }
@@ -304,7 +304,7 @@ impl Tracker {
             Admit::Drop
         } else {
             Admit::Track {
-                miss: self.history.misses(seq),
+                miss: self.history.misses(seq, len),
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The flow table: a connection is followed from its handshake and forgotten at FIN or RST.
+//! The flow table: a connection is followed from its handshake; when it is freed is
+//! `lnat_common::flow`'s rule.
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use core::intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg};
@@ -9,23 +10,7 @@ use lnat_common::{
     tracker::Role,
 };
 
-use crate::{
-    headers::{ACK, FIN, RST, SYN},
-    maps,
-};
-
-/// What a segment means for the flow table.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// A handshake: start following the stream that begins after it.
-    Open(Role),
-    /// A reset: forget the flow.
-    Close,
-    /// The last data: rewrite it, then forget the flow.
-    Fin,
-    /// Anything else.
-    Data,
-}
+use crate::maps;
 
 /// Which side opened the connection `seg` belongs to.
 pub fn role(seg: &SegmentInfo) -> Role {
@@ -33,24 +18,6 @@ pub fn role(seg: &SegmentInfo) -> Role {
         Role::Passive
     } else {
         Role::Active
-    }
-}
-
-/// The flow-table event `seg` carries.
-pub fn event(seg: &SegmentInfo) -> Event {
-    let f = seg.flags;
-    if f & RST != 0 {
-        Event::Close
-    } else if f & SYN != 0 {
-        // We only see the peer's half: its SYN-ACK when we connected, its SYN when it did.
-        match (role(seg), f & ACK != 0) {
-            (Role::Active, true) | (Role::Passive, false) => Event::Open(role(seg)),
-            _ => Event::Data,
-        }
-    } else if f & FIN != 0 {
-        Event::Fin
-    } else {
-        Event::Data
     }
 }
 
@@ -75,6 +42,7 @@ pub fn open(seg: &SegmentInfo, role: Role) {
             f.tracker.reset(role, start, local, hint);
             f.cache = LookupCache::default();
             f.rewrites = 0;
+            f.closing_ns = 0;
             // SAFETY: a helper without arguments.
             f.opened_ns = unsafe { bpf_ktime_get_ns() };
             maps::count(|c| c.flows_opened += 1);
@@ -92,6 +60,7 @@ pub fn open(seg: &SegmentInfo, role: Role) {
     f.tracker.reset(role, start, local, hint);
     f.cache = LookupCache::default();
     f.rewrites = 0;
+    f.closing_ns = 0;
     // SAFETY: a helper without arguments.
     f.opened_ns = unsafe { bpf_ktime_get_ns() };
     // A reference, so the entry goes from map to map without a 1.2 KiB copy on the stack.
@@ -103,12 +72,21 @@ pub fn open(seg: &SegmentInfo, role: Role) {
     }
 }
 
-/// Forgets a flow.
-pub fn close(seg: &SegmentInfo) {
-    let _ = maps::QUIET.remove(seg.key);
-    if maps::FLOWS.remove(seg.key).is_ok() {
+/// Marks `seg`'s flow closing (a FIN or RST): its state stays for the bytes before it.
+///
+/// Without the claim: the mark is one aligned word, and a CPU working on the flow only ever
+/// writes a later time into it.
+pub fn end(seg: &SegmentInfo) {
+    let Some(f) = maps::FLOWS.get_ptr_mut(seg.key) else {
+        return;
+    };
+    // SAFETY: a live flow-table value; see above for the word written without the claim.
+    let f = unsafe { &mut *f };
+    if !f.closing() {
         maps::count(|c| c.flows_closed += 1);
     }
+    // SAFETY: a helper without arguments.
+    f.touch_closing(unsafe { bpf_ktime_get_ns() });
 }
 
 /// This CPU's exclusive hold on a flow, taken with a compare-and-swap on its `owner` word.

@@ -15,15 +15,6 @@ const IPPROTO_TCP: u8 = 6;
 /// Furthest a header read starts: two VLAN tags, then 60 bytes of IP header.
 const MAX_OFF: usize = 128;
 
-/// TCP flags lnat acts on.
-pub const FIN: u8 = 0x01;
-/// Synchronise: a connection opens.
-pub const SYN: u8 = 0x02;
-/// Reset: a connection ends at once.
-pub const RST: u8 = 0x04;
-/// Acknowledgement.
-pub const ACK: u8 = 0x10;
-
 /// The `N` bytes at `off`, if the linear area holds them.
 #[inline(always)]
 fn linear<const N: usize>(ctx: &TcContext, off: usize) -> Option<&[u8; N]> {

@@ -15,26 +15,21 @@ mod headers;
 mod maps;
 mod skb;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
 use lnat_common::{
-    history::PatchWalk,
+    flow::{self, Event},
     maps::{FlowState, SegmentInfo, Work},
     quiet::Quiet,
-    segment::{self, Step},
-    seq,
+    segment::MAX_STEPS,
     tracker::{Admit, Desync},
 };
 
-use crate::{env::DpEnv, flows::Event, skb::SkbPacket};
+use crate::{env::DpEnv, skb::SkbPacket};
 
 /// Let the packet continue: the next tcx program or the stack (`TCX_NEXT` / `TC_ACT_UNSPEC`).
 const PASS: i32 = -1;
 /// Drop the packet (`TCX_DROP` / `TC_ACT_SHOT`).
 const DROP: i32 = 2;
-
-/// Most windows parsed, or recorded patches applied, in one packet. A 64 KiB GRO packet of
-/// NOOPs holds about 2,700 units; BIG TCP packets up to 512 KiB eight times that.
-const MAX_STEPS: u32 = 1 << 16;
 
 #[classifier]
 pub fn lnat(ctx: TcContext) -> i32 {
@@ -52,29 +47,22 @@ pub fn lnat(ctx: TcContext) -> i32 {
         give_up(seg, Desync::Fragmented);
         return PASS;
     }
-    let event = flows::event(seg);
-    match event {
-        Event::Open(role) => {
-            flows::open(seg, role);
-            return PASS;
-        }
-        Event::Close => {
-            flows::close(seg);
-            return PASS;
-        }
-        Event::Fin | Event::Data => {}
+    let event = flow::event(seg.flags, flows::role(seg));
+    if let Event::Open(role) = event {
+        flows::open(seg, role);
+        return PASS;
     }
-    // One call site: the rewrite's frame and the bpf_loop callbacks' share the 512-byte stack.
+    // One call site: the rewrite's frame and the bpf_loop callback's share the 512-byte stack.
     let verdict = if seg.len == 0 {
         PASS
     } else {
         rewrite(&ctx, work)
     };
-    // A FIN may carry the last data: rewritten above, then the flow is forgotten.
-    // SAFETY: as above.
-    let seg = unsafe { &(*work).seg };
-    if event == Event::Fin && verdict == PASS {
-        flows::close(seg);
+    // A FIN or RST, after whatever data it carries: the flow is closing, and keeps its state
+    // for the bytes before it that may still come (see `lnat_common::flow`).
+    if event == Event::End {
+        // SAFETY: as above.
+        flows::end(unsafe { &(*work).seg });
     }
     verdict
 }
@@ -85,9 +73,9 @@ pub fn lnat_pass(_ctx: TcContext) -> i32 {
     PASS
 }
 
-/// What the `bpf_loop` callbacks need: pointers only. Everything they read or change lives in
-/// map memory (the flow state and [`Work`]), which costs no stack and keeps the verifier's view
-/// of the loop small.
+/// What the `bpf_loop` callback needs: pointers only. Everything it reads or changes lives in
+/// map memory (the flow state and [`Work`], which holds the segment's `Driver`), which costs no
+/// stack and keeps the verifier's view of the loop small.
 struct Job<'a> {
     flow: *mut FlowState,
     work: *mut Work,
@@ -111,7 +99,7 @@ fn rewrite(ctx: &TcContext, work: *mut Work) -> i32 {
         return PASS;
     }
     let Some(flow) = maps::FLOWS.get_ptr_mut(key) else {
-        maps::count(|c| c.evicted += 1);
+        maps::count(|c| c.untracked += 1);
         return PASS;
     };
     // Packets of one connection can reach two CPUs at once (a sender migrating between veth
@@ -129,8 +117,20 @@ fn rewrite_owned(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> i32 
     // SAFETY: a value pointer from the flow table stays valid for this program run (values are
     // freed after an RCU grace period), and the claim makes this CPU its only user. The work
     // area is this CPU's.
-    let (tracker, seq, len) = unsafe { (&mut (*flow).tracker, (*work).seg.seq, (*work).seg.len) };
-    match tracker.admit(seq, len) {
+    let (f, d, seq, len) = unsafe {
+        (
+            &mut *flow,
+            &mut (*work).driver,
+            (*work).seg.seq,
+            (*work).seg.len,
+        )
+    };
+    let closing = f.closing();
+    if closing {
+        // SAFETY: a helper without arguments.
+        f.touch_closing(unsafe { bpf_ktime_get_ns() });
+    }
+    match d.start(&mut f.tracker, seq, len, MAX_STEPS) {
         Admit::Pass => return PASS,
         Admit::Drop => {
             maps::count(|c| c.dropped_ooo += 1);
@@ -139,17 +139,15 @@ fn rewrite_owned(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> i32 
         Admit::Track { miss } => maps::count(|c| {
             c.segments += 1;
             c.history_misses += miss as u64;
+            c.closing += closing as u64;
         }),
     }
-    let reaches = tracker.history.reaches(seq);
     let Some(env) = DpEnv::new(ctx, flow, work) else {
         return PASS;
     };
     // SAFETY: this CPU's work area.
     unsafe {
-        (*work).walk = PatchWalk::new(seq, len);
         (*work).rewrites = 0;
-        (*work).failed = 0;
         (*work).pulled = 0;
     }
     let mut job = Job {
@@ -161,17 +159,17 @@ fn rewrite_owned(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> i32 
         }),
         env,
     };
-    if reaches {
-        run(history_cb, &mut job);
+    // SAFETY: `bpf_loop` calls `step` with `job`, which outlives the call.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_loop(
+            MAX_STEPS,
+            step as *mut core::ffi::c_void,
+            (&raw mut job).cast(),
+            0,
+        );
     }
-    let steps = run(parse_cb, &mut job);
     // SAFETY: as above.
-    let (tracker, failed) = unsafe { (&mut (*flow).tracker, (*work).failed) };
-    if failed != 0 {
-        tracker.desync(Desync::Unreadable, &mut job.env);
-    } else if steps >= MAX_STEPS && seq::before(tracker.cursor(), seq.wrapping_add(len)) {
-        tracker.desync(Desync::Overrun, &mut job.env);
-    }
+    unsafe { (*work).driver.finish(&mut (*flow).tracker, &mut job.env) };
     job.env.finish();
     // SAFETY: as above.
     let (key, quiet) = unsafe { ((*work).seg.key, Quiet::of(&(*flow).tracker)) };
@@ -195,63 +193,16 @@ fn give_up(seg: &SegmentInfo, why: Desync) {
     claim.release();
 }
 
-type Callback = extern "C" fn(u64, *mut core::ffi::c_void) -> i64;
-
-/// Runs `cb` over `job` until it stops; returns the iterations done.
-fn run(cb: Callback, job: &mut Job<'_>) -> u32 {
-    // SAFETY: `bpf_loop` calls `cb` with `job`, which outlives the call.
-    let n = unsafe {
-        aya_ebpf::helpers::generated::bpf_loop(
-            MAX_STEPS,
-            cb as *mut core::ffi::c_void,
-            (job as *mut Job<'_>).cast(),
-            0,
-        )
-    };
-    if n < 0 { 0 } else { n as u32 }
-}
-
-/// Maps a step to `bpf_loop`'s continue (0) or stop (1), noting a failure.
-fn next(step: Step, work: *mut Work) -> i64 {
-    match step {
-        Step::More => 0,
-        Step::Done => 1,
-        Step::Failed => {
-            // SAFETY: this CPU's work area.
-            unsafe { (*work).failed = 1 };
-            1
-        }
-    }
-}
-
-/// One recorded patch onto the segment.
-extern "C" fn history_cb(_: u64, job: *mut core::ffi::c_void) -> i64 {
+/// One step of the segment's `Driver`; `bpf_loop`'s continue (0) or stop (1).
+extern "C" fn step(_: u64, job: *mut core::ffi::c_void) -> i64 {
     let job = job.cast::<Job<'_>>();
-    // SAFETY: `run` passes a live `Job`, whose pointers are to live map values.
+    // SAFETY: the loop passes a live `Job`, whose pointers are to live map values.
     unsafe {
         let (flow, work) = ((*job).flow, (*job).work);
-        next(
-            segment::history_step(&(*flow).tracker, &mut (*work).walk, &mut (*job).pkt),
-            work,
-        )
-    }
-}
-
-/// One window of the segment through the tracker.
-extern "C" fn parse_cb(_: u64, job: *mut core::ffi::c_void) -> i64 {
-    let job = job.cast::<Job<'_>>();
-    // SAFETY: as in `history_cb`.
-    unsafe {
-        let (flow, work) = ((*job).flow, (*job).work);
-        let (seq, len) = ((*work).seg.seq, (*work).seg.len);
-        let step = segment::parse_step(
-            &mut (*flow).tracker,
-            seq,
-            len,
-            &mut (*job).pkt,
-            &mut (*job).env,
-        );
-        next(step, work)
+        let more = (*work)
+            .driver
+            .step(&mut (*flow).tracker, &mut (*job).pkt, &mut (*job).env);
+        (!more) as i64
     }
 }
 

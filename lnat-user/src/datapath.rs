@@ -338,6 +338,7 @@ pub struct Maps {
     config: Array<MapData, Config>,
     mappings: HashMap<MapData, NidKey, Mapping>,
     flows: HashMap<MapData, FlowKey, FlowState>,
+    quiet: HashMap<MapData, FlowKey, u64>,
     counters: PerCpuArray<MapData, Counters>,
 }
 
@@ -348,6 +349,7 @@ impl Maps {
             Map::Array(pins::open(iface, names::CONFIG)?),
             Map::HashMap(pins::open(iface, names::MAPPINGS)?),
             Map::LruHashMap(pins::open(iface, names::FLOWS)?),
+            Map::LruHashMap(pins::open(iface, names::QUIET)?),
             Map::PerCpuArray(pins::open(iface, names::COUNTERS)?),
         )
     }
@@ -362,11 +364,18 @@ impl Maps {
             take(names::CONFIG)?,
             take(names::MAPPINGS)?,
             take(names::FLOWS)?,
+            take(names::QUIET)?,
             take(names::COUNTERS)?,
         )
     }
 
-    fn typed(config: Map, mappings: Map, flows: Map, counters: Map) -> anyhow::Result<Maps> {
+    fn typed(
+        config: Map,
+        mappings: Map,
+        flows: Map,
+        quiet: Map,
+        counters: Map,
+    ) -> anyhow::Result<Maps> {
         Ok(Maps {
             config: config
                 .try_into()
@@ -377,6 +386,9 @@ impl Maps {
             flows: flows
                 .try_into()
                 .context("LNAT_FLOWS is not the expected LRU hash map")?,
+            quiet: quiet
+                .try_into()
+                .context("LNAT_QUIET is not the expected LRU hash map")?,
             counters: counters
                 .try_into()
                 .context("LNAT_COUNTERS is not the expected per-CPU array")?,
@@ -475,6 +487,34 @@ impl Maps {
             self.remove(*nid)?;
         }
         Ok(stale)
+    }
+
+    /// Frees the flows that closed and have been idle longer than `lnat_common::flow`'s
+    /// `CLOSING_IDLE_NS`, with their quiet windows; returns how many.
+    ///
+    /// Each is read again just before it goes: a new handshake on its four-tuple in between
+    /// (which resets the entry in place, no longer closing) keeps it.
+    /// Entries the datapath frees or replaces meanwhile are skipped.
+    pub fn sweep_closed(&mut self) -> usize {
+        let now = now_ns();
+        let expired: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, f)| f.expired(now))
+            .map(|(k, _)| k)
+            .collect();
+        let mut freed = 0;
+        for key in expired {
+            if !self.flows.get(&key, 0).is_ok_and(|f| f.expired(now)) {
+                continue;
+            }
+            if self.flows.remove(&key).is_ok() {
+                freed += 1;
+            }
+            let _ = self.quiet.remove(&key);
+        }
+        freed
     }
 
     /// Every followed connection.

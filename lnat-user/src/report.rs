@@ -69,6 +69,8 @@ pub struct FlowView {
     pub rewrites: u64,
     /// Why it is no longer followed, if it is not.
     pub desynced: Option<&'static str>,
+    /// A FIN or RST was seen: kept only for late copies of its bytes (README, Flows).
+    pub closing: bool,
 }
 
 /// What each counter counts, for `lnat status --help`.
@@ -130,6 +132,7 @@ fn flow_view(k: &FlowKey, f: &FlowState) -> FlowView {
         proto: (t.proto != 0).then_some(t.proto),
         rewrites: f.rewrites,
         desynced: Desync::from_u8(t.desync).map(Desync::name),
+        closing: f.closing(),
     }
 }
 
@@ -200,6 +203,9 @@ impl fmt::Display for Status {
             match fl.desynced {
                 Some(why) => write!(state, "not followed ({why})")?,
                 None => write!(state, "following")?,
+            }
+            if fl.closing {
+                write!(state, ", closing")?;
             }
             let proto = fl.proto.map_or("-".to_owned(), |p| format!("V{p}"));
             writeln!(

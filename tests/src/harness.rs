@@ -190,12 +190,15 @@ impl<'h> Lnat<'h> {
         serde_json::from_str(&out).context("parsing lnat status --json")
     }
 
-    /// Waits until lnat follows no connection (their FINs or RSTs were seen).
+    /// Waits until every connection lnat follows is closing (its FIN or RST was seen; the
+    /// state stays for late copies of its bytes).
     pub fn wait_no_flows(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status()?;
-            let n = s["flows"].as_array().map_or(0, Vec::len);
+            let n = s["flows"]
+                .as_array()
+                .map_or(0, |f| f.iter().filter(|f| f["closing"] != true).count());
             if n == 0 {
                 return Ok(());
             }

@@ -87,7 +87,7 @@ pub struct Rewriter {
 }
 
 /// Most parse steps for one chunk: far more than a 64 KiB read of the smallest units needs.
-const MAX_STEPS: usize = 1 << 17;
+const MAX_STEPS: u32 = 1 << 17;
 
 impl Rewriter {
     /// A rewriter for a connection the client opened, from the stream's first byte.

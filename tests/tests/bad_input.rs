@@ -434,7 +434,7 @@ fn udp_and_icmp_pass_untouched() {
         "rewritten",
         "flows_opened",
         "desynced",
-        "evicted",
+        "untracked",
     ] {
         assert_eq!(delta(&before, &after, k), 0, "{k}: {after}");
     }

@@ -25,7 +25,7 @@ use lnat_common::{
 };
 use lnat_testkit::{
     Cast, Rng,
-    frames::{self, ACK, Build, PSH, SYN, Tcp4},
+    frames::{self, ACK, Build, FIN, PSH, RST, SYN, Tcp4},
 };
 
 /// The classifier's "carry on" verdict (TC_ACT_UNSPEC).
@@ -340,6 +340,81 @@ fn many_headers_in_one_packet_are_all_rewritten() {
         let (ret, again) = dp.run(&frame);
         assert_frame(&frame, ret, &again, &want, &format!("{csum:?} again"));
         assert_eq!(dp.counters().rewritten, 37);
+    });
+}
+
+/// A FIN, even one that arrives before data it follows, ends nothing: segments that come after
+/// it (lnat dropped them out of order, or the stack dropped them after TC) come out rewritten
+/// exactly as their first copy, and so does a retransmission of the whole stream after a RST.
+#[test]
+fn segments_after_the_fin_are_rewritten_as_their_first_copy() {
+    let stream = vectors();
+    let want = vectors_rewritten();
+    let end = stream.len();
+    each_csum(|csum| {
+        let mut dp = Datapath::new(true, csum);
+        let (port, isn) = (40001, 0xffff_ffe0u32);
+        dp.open(port, isn);
+        let frame = |from: usize, to: usize, flags: u8| {
+            Build {
+                flags,
+                ..seg(port, isn.wrapping_add(from as u32), &stream[from..to])
+            }
+            .frame()
+        };
+        // The HELLO's first 50 bytes, then the last data with the FIN, which lies beyond the
+        // rest of the HELLO and the PUT header: dropped so TCP resends it in order.
+        let a = frame(0, 50, ACK | PSH);
+        let (ret, out) = dp.run(&a);
+        assert_frame(&a, ret, &out, &want[..50], &format!("{csum:?} first"));
+        let last = frame(100, end, ACK | PSH | FIN);
+        assert_eq!(dp.run(&last).0, DROP, "{csum:?}: past the cursor");
+        // The PUT's dest_nid (stream 80..84) arrives after the FIN.
+        let b = frame(50, 100, ACK | PSH);
+        let (ret, out) = dp.run(&b);
+        assert_frame(&b, ret, &out, &want[50..100], &format!("{csum:?} middle"));
+        let (ret, out) = dp.run(&last);
+        assert_frame(&last, ret, &out, &want[100..], &format!("{csum:?} last"));
+        // A pure FIN again, then older retransmissions: the middle one the stack dropped after
+        // TC, and the whole stream coalesced, both from the history alone.
+        let fin = frame(end, end, ACK | FIN);
+        assert_eq!(dp.run(&fin), (PASS, fin.clone()));
+        let (ret, out) = dp.run(&b);
+        assert_frame(
+            &b,
+            ret,
+            &out,
+            &want[50..100],
+            &format!("{csum:?} middle again"),
+        );
+        let all = frame(0, end, ACK | PSH);
+        let (ret, out) = dp.run(&all);
+        assert_frame(&all, ret, &out, &want, &format!("{csum:?} all again"));
+        let rst = Build {
+            flags: RST,
+            ..seg(port, isn.wrapping_add(end as u32 + 1), &[])
+        }
+        .frame();
+        assert_eq!(dp.run(&rst), (PASS, rst.clone()));
+        let (ret, out) = dp.run(&all);
+        assert_frame(&all, ret, &out, &want, &format!("{csum:?} after the RST"));
+        let c = dp.counters();
+        assert_eq!(c.rewritten, 2, "{c:?}");
+        assert_eq!(c.flows_closed, 1, "{c:?}");
+        // After the first FIN: the middle, the last, the middle again, all, all.
+        assert_eq!(c.closing, 5, "{c:?}");
+        assert_eq!(
+            (c.untracked, c.history_misses, c.desynced),
+            (0, 0, 0),
+            "{c:?}"
+        );
+        let flows = dp.maps.flows().expect("flows");
+        assert_eq!(flows.len(), 1);
+        assert!(flows[0].1.closing(), "the flow is kept, closing");
+        // A new handshake on the four-tuple starts afresh.
+        dp.open(port, 7000);
+        let flows = dp.maps.flows().expect("flows");
+        assert!(!flows[0].1.closing() && flows[0].1.start == 7000);
     });
 }
 

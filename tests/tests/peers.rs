@@ -295,7 +295,7 @@ fn two_thousand_connections_are_followed_at_once() {
     assert_eq!(c["rewritten"].as_u64(), Some(CONNS * (PUTS + 1)), "{c}");
     assert_eq!(c["learned"], 1, "{c}");
     assert_eq!(c["desynced"], 0, "{c}");
-    assert_eq!(c["evicted"], 0, "{c}");
+    assert_eq!(c["untracked"], 0, "{c}");
     assert_eq!(c["conflicts"], 0, "{c}");
     assert_eq!(t.client().nstat("TcpInCsumErrors").expect("nstat"), 0);
     println!("RESULT {CONNS} connections: {peak} followed at once, all intact in {took:.1?}; {c}");
@@ -355,7 +355,7 @@ fn more_connections_than_the_flow_table_holds() {
     assert_eq!(rejections as u32, client.failures);
     assert!(client.failures > 0, "no connection lost its flow");
     let c = lnat.counters().expect("counters");
-    assert!(c["evicted"].as_u64() > Some(0), "{c}");
+    assert!(c["untracked"].as_u64() > Some(0), "{c}");
     // Each reconnection was followed afresh from its handshake.
     assert_eq!(
         c["flows_opened"].as_u64(),

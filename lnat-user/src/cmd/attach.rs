@@ -10,7 +10,10 @@ use lnat::{
     lock::AttachLock,
     pins, privileges,
 };
-use lnat_common::maps::{LearnEvent, MAX_PORTS, names};
+use lnat_common::{
+    flow::CLOSING_IDLE_NS,
+    maps::{LearnEvent, MAX_PORTS, names},
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -130,7 +133,8 @@ fn check_ports(ports: &[u16]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reports learned mappings and datapath logs, expires idle learned mappings, until a signal.
+/// Reports learned mappings and datapath logs, expires idle learned mappings and frees closed
+/// flows past their idle time (`lnat_common::flow`), until a signal.
 async fn serve(
     events: RingBuf<MapData>,
     logger: aya_log::EbpfLogger<DatapathLog>,
@@ -178,6 +182,10 @@ async fn serve(
                 guard.clear_ready();
             }
             _ = sweep.tick() => {
+                let freed = maps.sweep_closed();
+                if freed != 0 {
+                    say(&format!("freed {freed} closed connections, idle for {}s", CLOSING_IDLE_NS / 1_000_000_000));
+                }
                 if !ttl.is_zero() {
                     for (nid, _) in maps.expire(ttl.as_nanos() as u64)? {
                         say(&format!("expired {nid} (unused for {}s)", ttl.as_secs()));

@@ -141,7 +141,7 @@ pub fn run(opts: &Opts, stop: &dyn Fn() -> bool) -> anyhow::Result<Outcome> {
                 out.samples.push(s);
             }
             if let Some(l) = active.lnat() {
-                out.evicted = out.evicted.max(l.counter("evicted")?);
+                out.evicted = out.evicted.max(l.counter("untracked")?);
             }
         }
     }

@@ -1,0 +1,89 @@
+//! A followed connection's life: what a segment's TCP flags mean for its flow entry, and when an
+//! ended connection may be forgotten.
+//!
+//! The rule, which follows TCP rather than the first FIN:
+//! - A handshake (the peer's SYN-ACK on a connection we opened, its SYN on one it opened)
+//!   starts a flow; a handshake on the same four-tuple with another initial sequence number
+//!   starts a new one in place, which frees whatever the old one kept.
+//! - A FIN or RST ends nothing at once. It marks the flow *closing* and the segment is handled
+//!   like any other: bytes before it may still come (retransmissions of segments lnat dropped
+//!   out of order, or that the stack dropped after TC), and each is rewritten exactly as its
+//!   first copy was, from the flow's position and patch history, which stay.
+//! - A closing flow is freed once no segment has reached it for [`CLOSING_IDLE_NS`] (`lnat
+//!   attach` sweeps the table), by a new handshake on its four-tuple, or by LRU pressure.
+
+use crate::{maps::FlowState, tracker::Role};
+
+/// TCP flag: no more data from the sender.
+pub const FIN: u8 = 0x01;
+/// TCP flag: synchronise, a connection opens.
+pub const SYN: u8 = 0x02;
+/// TCP flag: reset, the connection is aborted.
+pub const RST: u8 = 0x04;
+/// TCP flag: the acknowledgement field is valid.
+pub const ACK: u8 = 0x10;
+
+/// How long a closing flow is kept after the last segment that reached it: twice RFC 793's
+/// maximum segment lifetime (2 minutes), as TIME_WAIT would be, which also exceeds the longest
+/// gap between two retransmissions Linux makes (`TCP_RTO_MAX`, 120 s). A segment of the old
+/// connection cannot arrive later than that.
+pub const CLOSING_IDLE_NS: u64 = 240 * 1_000_000_000;
+
+/// What a segment means for the flow table.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Event {
+    /// A handshake: follow the stream that begins after it.
+    Open(Role),
+    /// A FIN or RST: the flow is closing; any payload is handled as data.
+    End,
+    /// Anything else.
+    Data,
+}
+
+/// The event a segment with TCP `flags` carries on a connection opened by `role`'s side.
+pub const fn event(flags: u8, role: Role) -> Event {
+    if flags & (RST | FIN) != 0 {
+        Event::End
+    } else if flags & SYN != 0 {
+        // Only the peer's half is seen: its SYN-ACK when we connected, its SYN when it did.
+        match (role, flags & ACK != 0) {
+            (Role::Active, true) | (Role::Passive, false) => Event::Open(role),
+            _ => Event::Data,
+        }
+    } else {
+        Event::Data
+    }
+}
+
+impl FlowState {
+    /// True once a FIN or RST was seen on the connection.
+    pub const fn closing(&self) -> bool {
+        self.closing_ns != 0
+    }
+
+    /// Marks the flow closing at `now` (`bpf_ktime_get_ns`), or notes that a segment reached
+    /// it while closing: the idle time counts from the last one.
+    pub const fn touch_closing(&mut self, now: u64) {
+        self.closing_ns = if now == 0 { 1 } else { now };
+    }
+
+    /// True when the flow is closing and no segment has reached it for [`CLOSING_IDLE_NS`].
+    pub const fn expired(&self, now: u64) -> bool {
+        self.closing() && now.saturating_sub(self.closing_ns) > CLOSING_IDLE_NS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fin_and_rst_end_and_only_the_peers_handshake_opens() {
+        assert_eq!(event(FIN | ACK, Role::Active), Event::End);
+        assert_eq!(event(RST, Role::Passive), Event::End);
+        assert_eq!(event(SYN | ACK, Role::Active), Event::Open(Role::Active));
+        assert_eq!(event(SYN, Role::Passive), Event::Open(Role::Passive));
+        assert_eq!(event(SYN, Role::Active), Event::Data);
+        assert_eq!(event(ACK, Role::Active), Event::Data);
+    }
+}
