@@ -155,6 +155,23 @@ impl History {
         self.next = ((idx + 1) % RUNS) as u32;
     }
 
+    /// Records `p`, the rest of a NID whose first bytes are the newest record, into that
+    /// record, so that a NID's rewrite is one record, kept or forgotten whole: no copy ever
+    /// gets half of it. False (nothing recorded) when the newest record is not those bytes
+    /// alone (they changed nothing, or joined a run of others): the caller pushes `p`.
+    pub fn complete(&mut self, p: Patch) -> bool {
+        let idx = (self.next as usize).wrapping_sub(1) & (RUNS - 1);
+        let Some(run) = self.runs.get_mut(idx) else {
+            return false;
+        };
+        if self.used == 0 || run.count != 1 || run.first != p.pos {
+            return false;
+        }
+        run.xor = (u32::from_le_bytes(run.xor) | u32::from_le_bytes(p.xor)).to_le_bytes();
+        self.end = seq::max(self.end, p.pos.wrapping_add(4));
+        true
+    }
+
     /// True when the segment `[seq, seq + len)` overlaps the stretch whose patches were
     /// forgotten: only there could a copy lack a patch its first copy got. A segment of a
     /// stream where nothing was ever rewritten, or old bytes before the first forgotten patch,
@@ -493,6 +510,26 @@ mod tests {
         });
         h.follow(cursor);
         assert_eq!(h.end, cursor - 4);
+    }
+
+    #[test]
+    fn a_split_nid_is_one_record_kept_or_forgotten_whole() {
+        let mut h = History::new(0);
+        h.push(Patch {
+            pos: 1000,
+            xor: [0, 7, 0, 0],
+        });
+        assert!(h.complete(Patch {
+            pos: 1000,
+            xor: [0, 0, 0, 9],
+        }));
+        assert_eq!((h.used, h.runs[0].xor, h.end), (1, [0, 7, 0, 9], 1004));
+        assert_eq!(apply(&h, 998, &[0; 8]), [0, 0, 0, 7, 0, 9, 0, 0]);
+        // First bytes that changed nothing left no record to complete.
+        assert!(!h.complete(Patch {
+            pos: 2000,
+            xor: [0, 0, 1, 0],
+        }));
     }
 
     #[test]

@@ -580,10 +580,13 @@ impl Tracker {
         // The bytes newly in hand, [done, avail), as a word mask.
         let upto = |k: usize| ((1u64 << (8 * k)) - 1) as u32;
         let xor = (full & upto(avail) & !upto(done)).to_le_bytes();
-        self.emit(Patch {
-            pos: self.unit_seq.wrapping_add(addr_at as u32),
-            xor,
-        });
+        self.emit(
+            Patch {
+                pos: self.unit_seq.wrapping_add(addr_at as u32),
+                xor,
+            },
+            done != 0,
+        );
         self.emitted = avail as u8;
         if avail < 4 {
             return;
@@ -597,10 +600,13 @@ impl Tracker {
             self.flags |= F_PID_DONE;
             let gap = (field.pid_off() - addr_at - 4) as u32;
             let pid_xor = crc::cancel_word(u32::from_le_bytes(full), gap);
-            self.emit(Patch {
-                pos: self.unit_seq.wrapping_add(field.pid_off() as u32),
-                xor: pid_xor.to_le_bytes(),
-            });
+            self.emit(
+                Patch {
+                    pos: self.unit_seq.wrapping_add(field.pid_off() as u32),
+                    xor: pid_xor.to_le_bytes(),
+                },
+                false,
+            );
             env.note(Note::Compensated);
         }
     }
@@ -769,11 +775,15 @@ impl Tracker {
         }
     }
 
-    fn emit(&mut self, p: Patch) {
+    /// Records `p` and hands it to the segment in hand; `rest` when it completes a NID split
+    /// across segments, whose record it then joins.
+    fn emit(&mut self, p: Patch, rest: bool) {
         if p.xor == [0; 4] {
             return;
         }
-        self.history.push(p);
+        if !(rest && self.history.complete(p)) {
+            self.history.push(p);
+        }
         let i = self.n_out as usize;
         if i < OUT_MAX {
             self.out[i] = p;

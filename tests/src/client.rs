@@ -230,6 +230,11 @@ pub fn run_many(opts: &ClientOpts, n: usize) -> ClientReport {
         all.last_put_ns = all.last_put_ns.max(r.last_put_ns);
         all.timed_puts += r.timed_puts;
         all.timed_bytes += r.timed_bytes;
+        for nid in r.bad_dest_nids {
+            if !all.bad_dest_nids.contains(&nid) {
+                all.bad_dest_nids.push(nid);
+            }
+        }
         for p in r.received {
             // They receive the same PUTs: one that differs between them was altered on the way.
             if received.get(&p.index).is_some_and(|q| *q != p) {
@@ -375,6 +380,10 @@ fn exchange(
         };
         // lnet_parse: a message for another NID on our own net should have been sent direct.
         if hdr.dest_nid != opts.nid {
+            let nid = hdr.dest_nid.to_string();
+            if !report.bad_dest_nids.contains(&nid) {
+                report.bad_dest_nids.push(nid);
+            }
             return Ok(End::Failed(
                 format!(
                     "lnet_parse(): {}, src {}: Bad dest nid {} (should have been sent direct)",

@@ -49,6 +49,10 @@ pub struct ClientReport {
     /// Their payload bytes.
     #[serde(default)]
     pub timed_bytes: u64,
+    /// Every destination NID of a message that was not the client's own, once each: the
+    /// external NID passed unrewritten, or anything else (half a rewrite) never should.
+    #[serde(default)]
+    pub bad_dest_nids: Vec<String>,
 }
 
 /// One connection the server accepted.

@@ -69,6 +69,21 @@ pub struct ServerOpts {
     /// Make each payload and digest it (false, for benchmarks: one payload per size is sent
     /// again and again, undigested, so the server's own work does not cap the rate).
     pub digest: bool,
+    /// How a connection ends once its PUTs are written.
+    pub end: Ending,
+}
+
+/// How the server ends a connection after its last write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Ending {
+    /// Wait for the peer to close first (up to `hold`), as socklnd keeps a connection open.
+    #[default]
+    Hold,
+    /// Shut its sending side at once (FIN right behind the last write, before it is
+    /// acknowledged), then read ACKs until the peer closes.
+    Shutdown,
+    /// Reset (SO_LINGER 0) as soon as the peer has acknowledged every PUT, before it closes.
+    Reset,
 }
 
 impl Default for ServerOpts {
@@ -92,6 +107,7 @@ impl Default for ServerOpts {
             ip_options: false,
             no_df: false,
             digest: true,
+            end: Ending::Hold,
         }
     }
 }
@@ -322,14 +338,54 @@ fn handle(
     if !pending.is_empty() {
         let _ = w.send(&pending);
     }
-    // Wait for the peer to finish (it closes), for at most `hold`.
-    let deadline = Instant::now() + opts.hold;
-    while !reader.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    if opts.end == Ending::Shutdown {
+        let _ = w.stream().shutdown(std::net::Shutdown::Write);
     }
-    let _ = w.stream().shutdown(std::net::Shutdown::Both);
+    // Wait for the peer to finish (it closes), for at most `hold`; a resetting server waits
+    // only for its last ACK.
+    let deadline = Instant::now() + opts.hold;
+    let all_acked = || {
+        acked
+            .lock()
+            .is_ok_and(|a| a.get(&client).map_or(0, BTreeSet::len) as u64 >= opts.puts)
+    };
+    let mut how = std::net::Shutdown::Both;
+    while !reader.is_finished() && Instant::now() < deadline {
+        if opts.end == Ending::Reset && all_acked() {
+            reset(w.stream())?;
+            // Only the reader is stopped (nothing goes on the wire); the RST leaves when the
+            // last descriptor closes, on return.
+            how = std::net::Shutdown::Read;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = w.stream().shutdown(how);
     if let Ok(Some(why)) = reader.join() {
         conn.rejected = Some(why);
+    }
+    Ok(())
+}
+
+/// Makes closing `stream` send a RST (SO_LINGER with a zero timeout).
+fn reset(stream: &TcpStream) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a linger struct.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as u32,
+        )
+    };
+    if r != 0 {
+        bail!("SO_LINGER: {}", std::io::Error::last_os_error());
     }
     Ok(())
 }

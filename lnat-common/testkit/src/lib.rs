@@ -363,9 +363,10 @@ pub struct Delivered {
     pub received: Vec<u8>,
     /// Every copy the datapath passed knowing all its patches, with its bytes as passed.
     pub copies: Vec<(usize, Vec<u8>)>,
-    /// Copies reaching back past the patch history (counted and passed as they are, a documented
-    /// limit): the receiver still checks what they delivered.
-    pub misses: usize,
+    /// Copies overlapping a stretch whose patches the history forgot (counted and passed with
+    /// what it still knows, a documented limit), with their bytes as passed: each NID in them
+    /// must still carry all of its rewrite or none of it.
+    pub missed: Vec<(usize, Vec<u8>)>,
     /// Copies the datapath dropped as out of order.
     pub dropped: usize,
     /// Copies passed on a published quiet window alone, as the datapath passes them without
@@ -407,7 +408,7 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
     let mut received = vec![0u8; n];
     let mut copies = Vec::new();
     let mut dropped = 0;
-    let mut misses = 0;
+    let mut missed = Vec::new();
     let mut quiet = 0;
     let mut windows = vec![Quiet::NONE];
     // Its own generator, so the stream of segments is what it was before windows existed.
@@ -489,7 +490,7 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
                 dropped += 1;
                 continue;
             }
-            Admit::Track { miss: true } => misses += 1,
+            Admit::Track { miss: true } => missed.push((start, bytes.clone())),
             Admit::Pass | Admit::Track { miss: false } => copies.push((start, bytes.clone())),
         }
         if seg.dropped_after {
@@ -506,7 +507,7 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
         received,
         copies,
         dropped,
-        misses,
+        missed,
         quiet,
         env,
         tracker: t,
@@ -519,6 +520,29 @@ pub fn copies_agree(d: &Delivered, want: &[u8]) -> Result<(), (usize, u8, u8)> {
         for (i, b) in bytes.iter().enumerate() {
             if want[start + i] != *b {
                 return Err((start + i, *b, want[start + i]));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every copy, those the history missed included, carries each change the
+/// reference makes to a field (a NID's address, a dest_pid compensation: changed bytes less
+/// than four apart) whole or not at all; returns the first stream offset where one is half.
+pub fn all_or_nothing(d: &Delivered, stream: &[u8], want: &[u8]) -> Result<(), usize> {
+    let mut fields: Vec<(usize, usize)> = Vec::new();
+    for i in (0..stream.len()).filter(|&i| stream[i] != want[i]) {
+        match fields.last_mut() {
+            Some((_, end)) if i < *end + 4 => *end = i + 1,
+            _ => fields.push((i, i + 1)),
+        }
+    }
+    for (start, bytes) in d.copies.iter().chain(&d.missed) {
+        let end = start + bytes.len();
+        for &(a, b) in fields.iter().filter(|&&(a, b)| a >= *start && b <= end) {
+            let got = &bytes[a - start..b - start];
+            if got != &want[a..b] && got != &stream[a..b] {
+                return Err(a);
             }
         }
     }

@@ -19,7 +19,7 @@ use lnat_tests::{
     client::{self, ClientOpts},
     impair::{self, Weather},
     relay,
-    server::{self, Accept, Corrupt, ServerOpts},
+    server::{self, Accept, Corrupt, Ending, ServerOpts},
     workload::Sizes,
 };
 
@@ -144,6 +144,9 @@ struct ServerArgs {
     /// Send one payload per size again and again, undigested (benchmarks).
     #[arg(long)]
     no_digest: bool,
+    /// How a connection ends after the last PUT is written.
+    #[arg(long, value_enum, default_value_t = Ending::Hold)]
+    end: Ending,
 }
 
 #[derive(Args)]
@@ -333,6 +336,7 @@ fn main() -> ExitCode {
                 ip_options: a.ip_options,
                 no_df: a.no_df,
                 digest: !a.no_digest,
+                end: a.end,
             };
             finish(server::serve(&opts))
         }
