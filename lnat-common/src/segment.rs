@@ -19,9 +19,10 @@ use crate::{
     tracker::{Admit, Desync, Env, Tracker},
 };
 
-/// Most steps (recorded patches applied, windows parsed) one segment gets. A 64 KiB GRO packet
-/// of NOOPs holds about 2,700 units; BIG TCP packets up to 512 KiB eight times that.
-pub const MAX_STEPS: u32 = 1 << 16;
+/// Most steps (recorded patches applied, windows read, examined and patched) one segment gets.
+/// A 64 KiB GRO packet of NOOPs holds about 2,700 units, three steps each; BIG TCP packets up
+/// to 512 KiB eight times that.
+pub const MAX_STEPS: u32 = 1 << 18;
 
 /// Access to the payload of the segment being rewritten.
 pub trait Packet {
@@ -54,59 +55,30 @@ fn history_step<P: Packet>(t: &Tracker, walk: &mut PatchWalk, pkt: &mut P) -> St
     }
 }
 
-/// Parses one window of the segment `[seq, seq + len)` from the tracker's cursor and applies the
-/// patches decided in it.
-fn parse_step<P: Packet, E: Env>(
-    t: &mut Tracker,
-    seq: u32,
-    len: u32,
-    pkt: &mut P,
-    env: &mut E,
-) -> Step {
+/// Reads the next window of the segment `[seq, seq + len)`, from the tracker's cursor, into
+/// the tracker's prefix; returns how many bytes the tracker took.
+fn load_step<P: Packet>(t: &mut Tracker, seq: u32, len: u32, pkt: &mut P) -> Result<u32, Step> {
     if t.desynced() {
-        return Step::Done;
+        return Err(Step::Done);
     }
     let off = seq::delta(seq, t.cursor());
     if off < 0 {
-        return Step::Failed;
+        return Err(Step::Failed);
     }
     if off >= len as i64 {
-        return Step::Done;
+        return Err(Step::Done);
     }
     let left = len as usize - off as usize;
     let (at, room) = t.window();
     let n = if left < room { left } else { room };
     let Some(dst) = t.buf.get_mut(at..at + n) else {
-        return Step::Failed;
+        return Err(Step::Failed);
     };
     if n == 0 || !pkt.load(off as u32, dst) {
-        return Step::Failed;
+        return Err(Step::Failed);
     }
-    let used = t.advance(n, env);
-    // Another unit starting in this segment brings more headers to rewrite in it.
-    let reach = if seq::before(t.cursor(), seq.wrapping_add(len)) {
-        len
-    } else {
-        0
-    };
-    let mut i = 0;
-    while i < t.n_out as usize && i < t.out.len() {
-        if let Some(c) = t.out[i].clip(seq, len)
-            && !pkt.patch(&c, reach)
-        {
-            return Step::Failed;
-        }
-        i += 1;
-    }
-    if used == 0 && !t.desynced() {
-        return Step::Failed;
-    }
-    Step::More
+    Ok(t.take(n) as u32)
 }
-
-const HISTORY: u8 = 0;
-const PARSE: u8 = 1;
-const DONE: u8 = 2;
 
 /// How a segment's rewrite ended.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -121,6 +93,20 @@ pub enum Outcome {
     Overrun = 2,
 }
 
+/// The phases of a segment, in order; `LOAD`, `PROGRESS` and `PATCH` repeat per window.
+///
+/// Each step does one small thing and returns to the loop: the verifier then follows each
+/// phase's paths once, from the loop's entry, instead of every combination of reading,
+/// parsing and writing in one step (Linux 6.1 ran out of its million instructions on those).
+const HISTORY: u8 = 0;
+/// Read the next window into the tracker's prefix.
+const LOAD: u8 = 1;
+/// Let the tracker examine what it took.
+const PROGRESS: u8 = 2;
+/// Apply the patches it decided, one per step.
+const PATCH: u8 = 3;
+const DONE: u8 = 4;
+
 /// One segment's way through the history and the tracker, one step per call.
 ///
 /// Plain data, so that the datapath keeps it in map memory (its per-CPU work area), where the
@@ -134,10 +120,16 @@ pub struct Driver {
     len: u32,
     /// Steps left.
     budget: u32,
+    /// Bytes the tracker took in the last load (0: the window made no progress).
+    used: u32,
+    /// Payload offset the patches of this window may reach (see [`Packet::patch`]).
+    reach: u32,
     phase: u8,
     /// 1 once a packet access failed.
     failed: u8,
-    _pad: [u8; 2],
+    /// The next of the tracker's decided patches to apply.
+    next_out: u8,
+    _pad: u8,
 }
 
 impl Driver {
@@ -150,10 +142,13 @@ impl Driver {
         self.seq = seq;
         self.len = len;
         self.budget = budget;
+        self.used = 0;
+        self.reach = 0;
         self.failed = 0;
+        self.next_out = 0;
         self.phase = match admit {
             Admit::Track { .. } if t.history.reaches(seq) => HISTORY,
-            Admit::Track { .. } => PARSE,
+            Admit::Track { .. } => LOAD,
             Admit::Pass | Admit::Drop => DONE,
         };
         admit
@@ -168,12 +163,33 @@ impl Driver {
         let step = match self.phase {
             HISTORY => match history_step(t, &mut self.walk, pkt) {
                 Step::Done => {
-                    self.phase = PARSE;
+                    self.phase = LOAD;
                     Step::More
                 }
                 s => s,
             },
-            PARSE => parse_step(t, self.seq, self.len, pkt, env),
+            LOAD => match load_step(t, self.seq, self.len, pkt) {
+                Ok(used) => {
+                    self.used = used;
+                    self.phase = PROGRESS;
+                    Step::More
+                }
+                Err(s) => s,
+            },
+            PROGRESS => {
+                t.progress(env);
+                // Another unit starting in this segment brings more headers to rewrite in it.
+                let end = self.seq.wrapping_add(self.len);
+                self.reach = if seq::before(t.cursor(), end) {
+                    self.len
+                } else {
+                    0
+                };
+                self.next_out = 0;
+                self.phase = PATCH;
+                Step::More
+            }
+            PATCH => self.patch_step(t, pkt),
             _ => Step::Done,
         };
         match step {
@@ -190,14 +206,36 @@ impl Driver {
         }
     }
 
+    /// Applies the next patch the last window decided, or, with none left, goes on to the
+    /// next window; a window that took no byte without giving the stream up is a failure.
+    fn patch_step<P: Packet>(&mut self, t: &Tracker, pkt: &mut P) -> Step {
+        let i = self.next_out as usize;
+        if i < t.n_out as usize
+            && let Some(p) = t.out.get(i)
+        {
+            self.next_out += 1;
+            return match p.clip(self.seq, self.len) {
+                Some(c) if !pkt.patch(&c, self.reach) => Step::Failed,
+                _ => Step::More,
+            };
+        }
+        if self.used == 0 && !t.desynced() {
+            return Step::Failed;
+        }
+        self.phase = LOAD;
+        Step::More
+    }
+
     /// Ends the segment: a failed packet access, or a budget spent before the segment's last
     /// byte was parsed, gives the stream up (told to `env`). Passing such a copy as it is stays
     /// all-or-nothing per NID: a NID's bytes in one packet are one write, made or not.
     pub fn finish<E: Env>(&mut self, t: &mut Tracker, env: &mut E) -> Outcome {
+        let parsing = matches!(self.phase, LOAD | PROGRESS | PATCH);
         let unfinished = self.phase == HISTORY
-            || (self.phase == PARSE
+            || (parsing
                 && !t.desynced()
-                && seq::before(t.cursor(), self.seq.wrapping_add(self.len)));
+                && (self.phase != LOAD
+                    || seq::before(t.cursor(), self.seq.wrapping_add(self.len))));
         self.phase = DONE;
         if self.failed != 0 {
             t.desync(Desync::Unreadable, env);

@@ -327,11 +327,11 @@ impl Tracker {
         true
     }
 
-    /// Processes `n` bytes the caller placed at `buf[have..have + n]`, the stream bytes from the
-    /// cursor on. Returns how many were consumed; bytes past the end of the current unit's prefix
-    /// are not, and must be offered again from the new cursor. The patches decided are in
-    /// `out[..n_out]` and recorded in the history.
-    pub fn advance<E: Env>(&mut self, n: usize, env: &mut E) -> usize {
+    /// Takes `n` bytes the caller placed at `buf[have..have + n]`, the stream bytes from the
+    /// cursor on, and returns how many it took: bytes past the end of the current unit's prefix
+    /// are not, and must be offered again from the new cursor once [`Tracker::progress`] has
+    /// framed the unit.
+    pub fn take(&mut self, n: usize) -> usize {
         self.n_out = 0;
         if self.desynced() {
             return 0;
@@ -339,15 +339,19 @@ impl Tracker {
         let (at, room) = self.window();
         let end = at + if n < room { n } else { room };
         let start = self.have as usize;
-        // One step of parsing per call: the probe and the rest of a prefix are separate calls, so
-        // the verifier follows one path through `progress` per callback, not three in a row.
         let need = self.need as usize;
         let upto = if need < end { need } else { end };
         if upto > start {
             self.have = upto as u8;
         }
-        self.progress(env);
         upto.saturating_sub(start)
+    }
+
+    /// [`Tracker::take`], then [`Tracker::progress`]; returns what `take` took.
+    pub fn advance<E: Env>(&mut self, n: usize, env: &mut E) -> usize {
+        let used = self.take(n);
+        self.progress(env);
+        used
     }
 
     /// Copies `bytes` into the window and advances: the host-side way in.
@@ -390,9 +394,17 @@ impl Tracker {
         }
     }
 
-    /// Examines the buffered prefix: probes, decides NIDs, and frames the unit when complete.
-    fn progress<E: Env>(&mut self, env: &mut E) {
-        if self.flags & F_PROBED == 0 && !self.probe(env) {
+    /// Examines the buffered prefix: probes, or decides NIDs and frames the unit when complete.
+    /// The patches decided are in `out[..n_out]` and recorded in the history.
+    ///
+    /// A probe ends the call whatever it found: every probe leaves more of the prefix to read,
+    /// and the verifier follows the probe's paths and the rest's apart, not every combination.
+    pub fn progress<E: Env>(&mut self, env: &mut E) {
+        if self.desynced() {
+            return;
+        }
+        if self.flags & F_PROBED == 0 {
+            self.probe(env);
             return;
         }
         let Some(field) = self.nid_field() else {
@@ -411,19 +423,19 @@ impl Tracker {
     }
 
     /// Reads the magic (connreq, HELLO) or message type and sets the full prefix length.
-    fn probe<E: Env>(&mut self, env: &mut E) -> bool {
+    fn probe<E: Env>(&mut self, env: &mut E) {
         let have = self.have as usize;
         match self.unit {
             UNIT_CONNREQ => {
                 if have < 8 {
-                    return false;
+                    return;
                 }
                 let magic = Endian::Little.u32(&self.buf, wire::connreq::MAGIC);
                 if magic == wire::ACCEPTOR_MAGIC.swap_bytes() {
                     self.flags |= F_FLIP;
                 } else if magic != wire::ACCEPTOR_MAGIC {
                     self.desync(Desync::BadMagic, env);
-                    return false;
+                    return;
                 }
                 match self.rd32(wire::connreq::VERSION) {
                     1 => {
@@ -436,23 +448,23 @@ impl Tracker {
                     }
                     _ => {
                         self.desync(Desync::BadVersion, env);
-                        return false;
+                        return;
                     }
                 }
             }
             UNIT_HELLO => {
                 if have < 8 {
-                    return false;
+                    return;
                 }
                 let (proto, endian) = match wire::Hello::probe(&self.buf[..8]) {
                     Ok(p) => p,
                     Err(wire::WireError::BadVersion(_)) => {
                         self.desync(Desync::BadVersion, env);
-                        return false;
+                        return;
                     }
                     Err(_) => {
                         self.desync(Desync::BadMagic, env);
-                        return false;
+                        return;
                     }
                 };
                 self.proto = proto as u8;
@@ -466,7 +478,7 @@ impl Tracker {
                     self.need = (wire::LnetHdrLayout::NID4.payload_length + 4) as u8;
                 } else {
                     if have < 4 {
-                        return false;
+                        return;
                     }
                     match self.rd32(wire::ksock::TYPE) {
                         wire::MSG_NOOP => self.need = wire::ksock::LEN as u8,
@@ -476,14 +488,13 @@ impl Tracker {
                         }
                         _ => {
                             self.desync(Desync::BadType, env);
-                            return false;
+                            return;
                         }
                     }
                 }
             }
         }
         self.flags |= F_PROBED;
-        true
     }
 
     fn proto_form(&self, proto: Proto) -> NidForm {
