@@ -378,8 +378,15 @@ impl Tracker {
         }
     }
 
+    /// Reads a u32 in the sender's order: connection request, HELLO and ksock header fields.
     fn rd32(&self, off: usize) -> u32 {
         self.endian().u32(&self.buf, off)
+    }
+
+    /// Reads a u32 of the LNet header, which is LE on every connection (`lnet_hdr_from_nid4`
+    /// in `include/linux/lnet/lib-lnet.h`), whatever the sender's order.
+    fn rd32_lnet(&self, off: usize) -> u32 {
+        Endian::Little.u32(&self.buf, off)
     }
 
     fn proto(&self) -> Proto {
@@ -440,7 +447,7 @@ impl Tracker {
                 match self.rd32(wire::connreq::VERSION) {
                     1 => {
                         self.need = wire::connreq::LEN_V1 as u8;
-                        self.form = self.proto_form(Proto::V3) as u8;
+                        self.form = self.hello_form(Proto::V3) as u8;
                     }
                     2 => {
                         self.need = wire::connreq::LEN_V2 as u8;
@@ -470,7 +477,7 @@ impl Tracker {
                 self.proto = proto as u8;
                 self.flags =
                     (self.flags & !F_FLIP) | if endian == Endian::Big { F_FLIP } else { 0 };
-                self.form = self.proto_form(proto) as u8;
+                self.form = self.hello_form(proto) as u8;
                 self.need = (proto.hello().count_at + 4) as u8;
             }
             _ => {
@@ -497,8 +504,9 @@ impl Tracker {
         self.flags |= F_PROBED;
     }
 
-    fn proto_form(&self, proto: Proto) -> NidForm {
-        proto.nid_form(self.flags & F_FLIP != 0)
+    /// The NID form of a connection request or HELLO: nid4s come in the sender's order.
+    fn hello_form(&self, proto: Proto) -> NidForm {
+        proto.hello_form(self.flags & F_FLIP != 0)
     }
 
     /// The NID field of the current (probed) unit, if it has one.
@@ -609,6 +617,8 @@ impl Tracker {
         env.note(Note::Rewrote);
         if field.pid_off() != 0 && self.flags & F_PID_DONE == 0 {
             self.flags |= F_PID_DONE;
+            // Bytes in stream order, not a number: the CRC runs over bytes, so the XOR holds
+            // in either byte order (dest_pid itself is LE, like the whole LNet header).
             let gap = (field.pid_off() - addr_at - 4) as u32;
             let pid_xor = crc::cancel_word(u32::from_le_bytes(full), gap);
             self.emit(
@@ -746,13 +756,13 @@ impl Tracker {
                 } else {
                     let hdr = proto.lnet_hdr();
                     if proto == Proto::V1 {
-                        let t = self.rd32(hdr.msg_type);
+                        let t = self.rd32_lnet(hdr.msg_type);
                         if t > wire::LnetType::Reply as u32 {
                             self.desync(Desync::BadType, env);
                             return;
                         }
                     }
-                    let payload = self.rd32(ks + hdr.payload_length);
+                    let payload = self.rd32_lnet(ks + hdr.payload_length);
                     if payload > wire::LNET_MTU {
                         self.desync(Desync::TooLong, env);
                         return;
@@ -779,7 +789,7 @@ impl Tracker {
             _ => 8,
         };
         if unit == UNIT_MSG {
-            self.form = self.proto_form(self.proto()) as u8;
+            self.form = self.proto().lnet_form() as u8;
             if self.proto() == Proto::V1 {
                 self.flags |= F_PROBED;
             }

@@ -87,11 +87,22 @@ impl Proto {
         }
     }
 
-    /// How NIDs are laid out in this version's LNet headers and HELLO, given the peer's byte order.
-    pub const fn nid_form(self, flip: bool) -> NidForm {
+    /// How NIDs are laid out in this version's HELLO, given the sender's byte order: a V2/V3
+    /// HELLO writes its nid4s in the sender's order (`ksocknal_send_hello_v2`), and V1's is LE.
+    pub const fn hello_form(self, flip: bool) -> NidForm {
         match self {
             Proto::V4 => NidForm::Large,
             _ if flip => NidForm::Be,
+            _ => NidForm::Le,
+        }
+    }
+
+    /// How NIDs are laid out in this version's LNet headers: LE nid4 whatever the sender's byte
+    /// order (`include/linux/lnet/lib-lnet.h`, `lnet_hdr_to_nid4`: `cpu_to_le64`), large NIDs in
+    /// V4.
+    pub const fn lnet_form(self) -> NidForm {
+        match self {
+            Proto::V4 => NidForm::Large,
             _ => NidForm::Le,
         }
     }
@@ -449,7 +460,7 @@ impl Hello {
         let len = self.wire_len();
         let out = &mut out[..len];
         out.fill(0);
-        let form = self.proto.nid_form(endian == Endian::Big);
+        let form = self.proto.hello_form(endian == Endian::Big);
         match self.proto {
             Proto::V1 => {
                 let h = LnetHdrLayout::NID4;
@@ -534,7 +545,7 @@ impl Hello {
         if b.len() < layout.fixed {
             return Err(WireError::Short);
         }
-        let form = proto.nid_form(endian == Endian::Big);
+        let form = proto.hello_form(endian == Endian::Big);
         let nid_at = |off: usize| {
             form.decode(&b[off..off + form.size()])
                 .ok_or(WireError::NotIpv4)
@@ -596,6 +607,11 @@ impl Hello {
 }
 
 /// An LNet header (either form), with the type-specific union kept as raw bytes.
+///
+/// Always little-endian on the wire, on every connection: the sender converts with
+/// `cpu_to_le*` and the receiver with `le*_to_cpu` (`include/linux/lnet/lib-lnet.h`,
+/// `lnet_hdr_to_nid4`, `lnet_hdr_from_nid4`, `lnet_hdr_to_nid16`, `lnet_hdr_from_nid16`), unlike
+/// the ksock header before it, which a big-endian peer sends byte-swapped.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct LnetHdr {
     /// Final destination.
@@ -610,32 +626,35 @@ pub struct LnetHdr {
     pub msg_type: u32,
     /// Payload bytes following the header.
     pub payload_length: u32,
-    /// The type-specific union (PUT: ack_wmd, match_bits, hdr_data, ptl_index, offset).
+    /// The type-specific union (PUT: ack_wmd, match_bits, hdr_data, ptl_index, offset), already
+    /// in wire order (LE: `LNetPut` in `lnet/lnet/lib-move.c` stores it with `cpu_to_le*`).
     pub body: [u8; LnetHdrLayout::BODY_LEN],
 }
 
 impl LnetHdr {
     /// Encodes into `out` in the layout of `proto`, returning the header length.
-    pub fn encode(&self, proto: Proto, endian: Endian, out: &mut [u8]) -> usize {
+    pub fn encode(&self, proto: Proto, out: &mut [u8]) -> usize {
         let l = proto.lnet_hdr();
-        let form = proto.nid_form(endian == Endian::Big);
+        let form = proto.lnet_form();
+        let le = Endian::Little;
         let out = &mut out[..l.len];
         out.fill(0);
         form.encode(self.dest_nid, &mut out[l.dest_nid..]);
         form.encode(self.src_nid, &mut out[l.src_nid..]);
-        endian.put_u32(out, l.dest_pid, self.dest_pid);
-        endian.put_u32(out, l.src_pid, self.src_pid);
-        endian.put_u32(out, l.msg_type, self.msg_type);
-        endian.put_u32(out, l.payload_length, self.payload_length);
+        le.put_u32(out, l.dest_pid, self.dest_pid);
+        le.put_u32(out, l.src_pid, self.src_pid);
+        le.put_u32(out, l.msg_type, self.msg_type);
+        le.put_u32(out, l.payload_length, self.payload_length);
         out[l.body..l.body + LnetHdrLayout::BODY_LEN].copy_from_slice(&self.body);
         l.len
     }
 
     /// Decodes a header in the layout of `proto` from the start of `b`.
-    pub fn decode(proto: Proto, endian: Endian, b: &[u8]) -> Result<LnetHdr, WireError> {
+    pub fn decode(proto: Proto, b: &[u8]) -> Result<LnetHdr, WireError> {
         let l = proto.lnet_hdr();
         let b = b.get(..l.len).ok_or(WireError::Short)?;
-        let form = proto.nid_form(endian == Endian::Big);
+        let form = proto.lnet_form();
+        let le = Endian::Little;
         let nid = |off: usize| {
             form.decode(&b[off..off + form.size()])
                 .ok_or(WireError::NotIpv4)
@@ -645,10 +664,10 @@ impl LnetHdr {
         Ok(LnetHdr {
             dest_nid: nid(l.dest_nid)?,
             src_nid: nid(l.src_nid)?,
-            dest_pid: endian.u32(b, l.dest_pid),
-            src_pid: endian.u32(b, l.src_pid),
-            msg_type: endian.u32(b, l.msg_type),
-            payload_length: endian.u32(b, l.payload_length),
+            dest_pid: le.u32(b, l.dest_pid),
+            src_pid: le.u32(b, l.src_pid),
+            msg_type: le.u32(b, l.msg_type),
+            payload_length: le.u32(b, l.payload_length),
             body,
         })
     }
@@ -825,7 +844,7 @@ mod tests {
                 zc_cookies: [0, 0]
             }
         );
-        let h = LnetHdr::decode(Proto::V3, Endian::Little, &msg[24..]).unwrap();
+        let h = LnetHdr::decode(Proto::V3, &msg[24..]).unwrap();
         assert_eq!(
             (h.dest_nid, h.src_nid),
             (nid("203.0.113.1@tcp"), nid("203.0.113.10@tcp"))
@@ -834,7 +853,7 @@ mod tests {
         assert_eq!((h.msg_type, h.payload_length), (LnetType::Put as u32, 16));
         let mut out = [0u8; 96];
         let n = k.encode(Endian::Little, &mut out);
-        let n = n + h.encode(Proto::V3, Endian::Little, &mut out[n..]);
+        let n = n + h.encode(Proto::V3, &mut out[n..]);
         assert_eq!(out[..n], msg[..]);
     }
 }

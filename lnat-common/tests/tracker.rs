@@ -128,6 +128,58 @@ fn every_pair_of_splits_and_one_byte_segments() {
     assert_eq!(run_cut(&stream, &all, &mut env), vector_expected());
 }
 
+/// The stream of docs/protocol.md from a big-endian server: HELLO and ksock headers
+/// byte-swapped, LNet headers little-endian as on every connection (`lnet_hdr_to_nid4`). A
+/// PUT, a NOOP and the PUT again.
+fn swapped_stream() -> Vec<u8> {
+    let mut s = hex(
+        "45 72 69 63 00 00 00 03 00 02 00 00 cb 00 71 0a 00 02 00 00 cb 00 71 01 00 00 30 39 \
+         00 00 00 00 18 eb 1e 4a 17 18 41 8d 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00",
+    );
+    let put = hex(
+        "00 00 00 c1 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 \
+         01 71 00 cb 00 00 02 00 0a 71 00 cb 00 00 02 00 \
+         41 9c 00 80 39 30 00 00 01 00 00 00 10 00 00 00 \
+         ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff 88 77 66 55 44 33 22 11 \
+         00 00 00 00 00 00 00 00 04 00 00 00 00 00 00 00 \
+         00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f",
+    );
+    s.extend(&put);
+    s.extend(hex(
+        "00 00 00 c0 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+    ));
+    s.extend(&put);
+    s
+}
+
+/// A big-endian server's HELLO dst_nid is rewritten in its order (address at bytes 20..24), each
+/// PUT's dest_nid as LE (first four bytes), and the LE payload_length frames the next message.
+#[test]
+fn a_big_endian_peer_sends_little_endian_lnet_headers() {
+    let stream = swapped_stream();
+    let mut want = stream.clone();
+    want[20..24].copy_from_slice(&[0xc6, 0x33, 0x64, 0x02]);
+    let second = 56 + 24 + 72 + 16 + 24;
+    for put in [56, second] {
+        want[put + 24..put + 28].copy_from_slice(&[0x02, 0x64, 0x33, 0xc6]);
+    }
+    for cut in 1..stream.len() {
+        let mut env = learning_env();
+        assert_eq!(run_cut(&stream, &[cut], &mut env), want, "cut at {cut}");
+        assert_eq!(env.learned, vec![nid("203.0.113.1@tcp")], "cut at {cut}");
+        assert_eq!(env.count(Note::Rewrote), 3, "cut at {cut}");
+        assert_eq!(env.count(Note::Conflict), 0, "cut at {cut}");
+        assert!(
+            !env.notes.iter().any(|n| matches!(n, Note::Desynced(_))),
+            "cut at {cut}: {:?}",
+            env.notes
+        );
+    }
+    let env = learning_env();
+    let reference = lnat_testkit::expected(&stream, Role::Active, LOCAL, &env);
+    assert_eq!((reference.bytes, reference.desync_at), (want, None));
+}
+
 #[test]
 fn without_learning_only_static_mappings_apply() {
     let mut env = MapEnv::default();

@@ -196,7 +196,8 @@ impl Wire {
             .map_err(|e| anyhow::anyhow!("bad HELLO: {e:?}"))
     }
 
-    /// Sends an LNet message, checksummed when `csum` (V2 `enable_csum`).
+    /// Sends an LNet message, checksummed when `csum` (V2 `enable_csum`): the ksock header in
+    /// `endian`, the LNet header LE, as [`encode_unit`] says.
     pub fn send_lnet(
         &mut self,
         proto: Proto,
@@ -208,7 +209,9 @@ impl Wire {
         self.send(&encode_lnet(proto, endian, hdr, payload, csum))
     }
 
-    /// Reads one message; fails with [`ChecksumError`] when its socklnd checksum is wrong.
+    /// Reads one message; fails with [`ChecksumError`] when its socklnd checksum is wrong. The
+    /// ksock header is read in `endian`, the LNet header LE (`lnet_hdr_from_nid4` in
+    /// include/linux/lnet/lib-lnet.h).
     pub fn recv_msg(&mut self, proto: Proto, endian: Endian) -> anyhow::Result<Msg> {
         let layout = proto.lnet_hdr();
         let mut msg = Vec::new();
@@ -228,7 +231,7 @@ impl Wire {
         }
         let at = msg.len();
         msg.extend(self.recv(layout.len)?);
-        let hdr = LnetHdr::decode(proto, endian, &msg[at..])
+        let hdr = LnetHdr::decode(proto, &msg[at..])
             .map_err(|e| anyhow::anyhow!("bad LNet header: {e:?}"))?;
         if hdr.payload_length > wire::LNET_MTU {
             bail!(
@@ -531,5 +534,31 @@ mod tests {
             msg[wire::ksock::LEN + layout.len..],
             (0..16).collect::<Vec<u8>>()
         );
+    }
+
+    /// A big-endian peer sends the same PUT with only the ksock header swapped: the LNet header is
+    /// LE on every connection (`lnet_hdr_to_nid4` in include/linux/lnet/lib-lnet.h).
+    #[test]
+    fn a_big_endian_put_swaps_only_the_ksock_header() {
+        let hdr = header(
+            nid("203.0.113.1@tcp"),
+            0x8000_9c41,
+            nid("203.0.113.10@tcp"),
+            PID_LUSTRE,
+            LnetType::Put,
+            0x1122_3344_5566_7788,
+            16,
+        );
+        let payload: Vec<u8> = (0..16).collect();
+        let le = encode_lnet(Proto::V3, Endian::Little, hdr, payload.clone(), false);
+        let be = encode_lnet(Proto::V3, Endian::Big, hdr, payload, false);
+        assert_eq!(be[..4], [0, 0, 0, 0xc1]);
+        assert_eq!(be[4..], le[4..]);
+        let (mut a, mut b) = pair(3);
+        a.send(&be).expect("send");
+        match b.recv_msg(Proto::V3, Endian::Big).expect("recv") {
+            Msg::Lnet { hdr: got, .. } => assert_eq!(got, hdr),
+            Msg::Noop => panic!("a NOOP instead of a PUT"),
+        }
     }
 }

@@ -483,7 +483,8 @@ fn corrupt(
         Some(Corrupt::TooLong) => {
             let mut m = put(0);
             let at = proto.ksock_len() + proto.lnet_hdr().payload_length;
-            endian.put_u32(&mut m, at, 2 * wire::LNET_MTU);
+            // LE in every byte order, like the whole LNet header.
+            Endian::Little.put_u32(&mut m, at, 2 * wire::LNET_MTU);
             m.extend_from_slice(&[0x5a; 4096]);
             w.send(&m)?;
         }

@@ -24,8 +24,8 @@ fn every_version_and_byte_order_is_rewritten() {
         (&["--proto", "3", "--endian", "big"], &[], false),
         (&["--proto", "4", "--ctype", "2"], &[], false),
         (&["--proto", "4", "--endian", "big"], &[], false),
-        // A big-endian server talking to a little-endian client: its HELLO and headers are
-        // byte-swapped relative to the client's.
+        // A big-endian server talking to a little-endian client: its HELLO and ksock headers are
+        // byte-swapped relative to the client's, its LNet headers LE as everyone's.
         (&["--proto", "3"], &["--endian", "big"], false),
     ];
     for (client_args, server_args, csum) in variants {

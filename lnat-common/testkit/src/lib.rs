@@ -137,7 +137,10 @@ impl StreamSpec {
     }
 }
 
-/// Encodes one unit for `proto`.
+/// Encodes one unit for `proto` as a kernel of byte order `endian` sends it: the ksock header
+/// (checksum included) in that order, which the receiver swaps back (`ksocknal_process_receive`
+/// in lnet/klnds/socklnd/socklnd_cb.c), the LNet header little-endian whatever the order
+/// (`lnet_hdr_to_nid4` and `lnet_hdr_to_nid16` in include/linux/lnet/lib-lnet.h).
 pub fn encode_unit(proto: Proto, endian: Endian, u: &Unit) -> Vec<u8> {
     let mut buf = [0u8; 128];
     match u {
@@ -162,7 +165,7 @@ pub fn encode_unit(proto: Proto, endian: Endian, u: &Unit) -> Vec<u8> {
                 .encode(endian, &mut buf);
                 msg.extend_from_slice(&buf[..n]);
             }
-            let n = hdr.encode(proto, endian, &mut buf);
+            let n = hdr.encode(proto, &mut buf);
             msg.extend_from_slice(&buf[..n]);
             msg.extend_from_slice(payload);
             if *csum && proto != Proto::V1 {
@@ -190,7 +193,7 @@ pub fn check_csums(stream: &[u8], spec: &StreamSpec) -> Result<usize, usize> {
             wire::MSG_NOOP => wire::ksock::LEN,
             wire::MSG_LNET => {
                 let at = p + wire::ksock::LEN + hdr.payload_length;
-                wire::ksock::LEN + hdr.len + spec.endian.u32(stream, at) as usize
+                wire::ksock::LEN + hdr.len + Endian::Little.u32(stream, at) as usize
             }
             _ => return Err(p),
         };

@@ -127,7 +127,7 @@ fn walk(w: &mut Walk<'_>) -> Option<usize> {
         Ok(x) => x,
         Err(_) => return Some(p),
     };
-    let form = proto.nid_form(endian == Endian::Big);
+    let form = proto.hello_form(endian == Endian::Big);
     let layout = proto.hello();
     if p + layout.count_at + 4 > len {
         return None;
@@ -154,8 +154,12 @@ fn walk(w: &mut Walk<'_>) -> Option<usize> {
         return Some(p);
     }
     p += layout.fixed + 4 * count as usize;
+    // The ksock header is in the sender's order, the LNet header after it always LE
+    // (`lnet_hdr_from_nid4` in include/linux/lnet/lib-lnet.h).
     let hdr = proto.lnet_hdr();
     let ks = proto.ksock_len();
+    let hdr_form = proto.lnet_form();
+    let le = Endian::Little;
     loop {
         if p >= len {
             return None;
@@ -178,20 +182,19 @@ fn walk(w: &mut Walk<'_>) -> Option<usize> {
         if p + ks + hdr.payload_length + 4 > len {
             return None;
         }
-        let xor = w.nid(p + ks + hdr.dest_nid, form, false);
+        let xor = w.nid(p + ks + hdr.dest_nid, hdr_form, false);
         if csum != 0 && xor != [0; 4] {
-            let addr_end = ks + hdr.dest_nid + form.addr_offset() + 4;
+            let addr_end = ks + hdr.dest_nid + hdr_form.addr_offset() + 4;
             let gap = (ks + hdr.dest_pid - addr_end) as u32;
             let pid = crc::cancel_word(u32::from_le_bytes(xor), gap).to_le_bytes();
             for (b, x) in w.out[p + ks + hdr.dest_pid..].iter_mut().zip(pid) {
                 *b ^= x;
             }
         }
-        if proto == Proto::V1 && endian.u32(&w.out, p + hdr.msg_type) > wire::LnetType::Reply as u32
-        {
+        if proto == Proto::V1 && le.u32(&w.out, p + hdr.msg_type) > wire::LnetType::Reply as u32 {
             return Some(p);
         }
-        let payload = endian.u32(&w.out, p + ks + hdr.payload_length);
+        let payload = le.u32(&w.out, p + ks + hdr.payload_length);
         if payload > wire::LNET_MTU {
             return Some(p);
         }

@@ -127,7 +127,7 @@ impl Frames {
             ..KsockHdr::default()
         }
         .encode(endian, &mut put);
-        hdr.encode(proto, endian, &mut put[n..]);
+        hdr.encode(proto, &mut put[n..]);
         put.resize(MSS, 0);
         let isn = 1_000_000u32;
         let start = isn.wrapping_add(1);
@@ -235,7 +235,7 @@ mod tests {
         assert_eq!(f.put.len(), 54 + MSS);
         assert_eq!(f.body.len(), 54 + MSS);
         let payload = &f.put[54..];
-        let hdr = LnetHdr::decode(Proto::V3, Endian::Little, &payload[ksock::LEN..]).unwrap();
+        let hdr = LnetHdr::decode(Proto::V3, &payload[ksock::LEN..]).unwrap();
         assert_eq!(hdr.dest_nid, NAT_NID.parse().unwrap());
         assert_eq!(hdr.payload_length, LNET_MTU);
     }
