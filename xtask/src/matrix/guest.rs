@@ -16,10 +16,11 @@ use crate::workspace::exec;
 /// Modules the initramfs loads to reach the host's root; their dependencies come along.
 const BOOT_MODULES: [&str; 3] = ["virtio_pci", "9pnet_virtio", "9p"];
 
-/// The initramfs's `/init`: load the 9p modules, mount the host's root read-only with tmpfs
-/// over the places tests write, point the kernel's module loader at the guest kernel's own
-/// modules, switch to that root and run the script named on the command line. Its last line
-/// says how the script ended; then the guest powers off.
+/// The initramfs's `/init`: load the 9p modules, mount the host's root read-only with a tmpfs
+/// on `/run` (network namespaces, lnat's lock, and `TMPDIR`; `/tmp` stays the host's, where a
+/// checkout may live), point the kernel's module loader at the guest kernel's own modules,
+/// switch to that root and run the script named on the command line. Its last line says how
+/// the script ended; then the guest powers off.
 const INIT: &str = r#"#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -31,16 +32,16 @@ done
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 host /host; then
     echo "lnat-guest: cannot mount the host's root"; echo "LNAT-GUEST-EXIT=125"; poweroff -f
 fi
-mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
-printf '#!/bin/sh\nexec /sbin/modprobe -d %s "$@"\n' "$KERNEL" > /host/tmp/lnat-modprobe
-chmod +x /host/tmp/lnat-modprobe
+mkdir /host/run/tmp
+printf '#!/bin/sh\nexec /sbin/modprobe -d %s "$@"\n' "$KERNEL" > /host/run/lnat-modprobe
+chmod +x /host/run/lnat-modprobe
 mount --move /proc /host/proc
 mount --move /sys /host/sys
 mount --move /dev /host/dev
-exec switch_root /host /bin/sh -c "echo /tmp/lnat-modprobe > /proc/sys/kernel/modprobe
+exec switch_root /host /bin/sh -c "echo /run/lnat-modprobe > /proc/sys/kernel/modprobe
 mount -t bpf bpf /sys/fs/bpf
-/bin/sh $RUN; echo LNAT-GUEST-EXIT=\$?; echo o > /proc/sysrq-trigger; sleep 60"
+TMPDIR=/run/tmp /bin/sh $RUN; echo LNAT-GUEST-EXIT=\$?; echo o > /proc/sysrq-trigger; sleep 60"
 "#;
 
 /// Builds the initramfs for `kernel` in `dir`: busybox, the boot modules, `/init`.

@@ -29,21 +29,21 @@ ip -n lnat-probe link add probe0 type veth peer name probe1 || exit 1
 ip -n lnat-probe link set probe0 up && ip -n lnat-probe link set probe1 up || exit 1
 ip netns exec lnat-probe sh -c '
     mount -t bpf bpf /sys/fs/bpf 2>/dev/null
-    timeout 300 "$LNAT_BIN" attach probe0 > /tmp/lnat-probe.out 2> /tmp/lnat-probe.err &
+    timeout 300 "$LNAT_BIN" attach probe0 > ${TMPDIR:-/tmp}/lnat-probe.out 2> ${TMPDIR:-/tmp}/lnat-probe.err &
     pid=$!
     i=0
     while [ $i -lt 240 ] && kill -0 $pid 2>/dev/null; do
-        "$LNAT_BIN" status probe0 --json > /tmp/lnat-probe.json 2>/dev/null &&
-            grep -q "\"program_id\": *[0-9]" /tmp/lnat-probe.json && break
+        "$LNAT_BIN" status probe0 --json > ${TMPDIR:-/tmp}/lnat-probe.json 2>/dev/null &&
+            grep -q "\"program_id\": *[0-9]" ${TMPDIR:-/tmp}/lnat-probe.json && break
         i=$((i + 1)); sleep 1
     done
-    echo "LNAT-MATRIX status=$(tr -d "\n" < /tmp/lnat-probe.json)"
+    echo "LNAT-MATRIX status=$(tr -d "\n" < ${TMPDIR:-/tmp}/lnat-probe.json)"
     kill -TERM $pid 2>/dev/null
     wait $pid
     echo "LNAT-MATRIX attach-exit=$?"
-    echo "LNAT-MATRIX stderr-lines=$(wc -l < /tmp/lnat-probe.err)"
-    sed "s/^/LNAT-MATRIX stderr=/" /tmp/lnat-probe.err
-    sed "s/^/LNAT-MATRIX stdout=/" /tmp/lnat-probe.out
+    echo "LNAT-MATRIX stderr-lines=$(wc -l < ${TMPDIR:-/tmp}/lnat-probe.err)"
+    sed "s/^/LNAT-MATRIX stderr=/" ${TMPDIR:-/tmp}/lnat-probe.err
+    sed "s/^/LNAT-MATRIX stdout=/" ${TMPDIR:-/tmp}/lnat-probe.out
 '
 ip netns del lnat-probe
 "#;
