@@ -504,10 +504,9 @@ mod tests {
         assert!(b.recv_msg(Proto::V3, Endian::Little).is_err());
     }
 
-    /// The PUT of docs/protocol.md's V3 exchange, up to the union, then its match bits and payload.
-    #[test]
-    fn the_put_matches_the_spec_vector() {
-        let hdr = header(
+    /// The header of the PUT in docs/protocol.md's V3 exchange.
+    fn spec_put() -> LnetHdr {
+        header(
             nid("203.0.113.1@tcp"),
             0x8000_9c41,
             nid("203.0.113.10@tcp"),
@@ -515,7 +514,13 @@ mod tests {
             LnetType::Put,
             0x1122_3344_5566_7788,
             16,
-        );
+        )
+    }
+
+    /// The PUT of docs/protocol.md's V3 exchange, up to the union, then its match bits and payload.
+    #[test]
+    fn the_put_matches_the_spec_vector() {
+        let hdr = spec_put();
         let msg = encode_lnet(Proto::V3, Endian::Little, hdr, (0..16).collect(), false);
         let head: [u8; 56] = [
             0xc1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
@@ -540,15 +545,7 @@ mod tests {
     /// LE on every connection (`lnet_hdr_to_nid4` in include/linux/lnet/lib-lnet.h).
     #[test]
     fn a_big_endian_put_swaps_only_the_ksock_header() {
-        let hdr = header(
-            nid("203.0.113.1@tcp"),
-            0x8000_9c41,
-            nid("203.0.113.10@tcp"),
-            PID_LUSTRE,
-            LnetType::Put,
-            0x1122_3344_5566_7788,
-            16,
-        );
+        let hdr = spec_put();
         let payload: Vec<u8> = (0..16).collect();
         let le = encode_lnet(Proto::V3, Endian::Little, hdr, payload.clone(), false);
         let be = encode_lnet(Proto::V3, Endian::Big, hdr, payload, false);
