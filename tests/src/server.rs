@@ -294,6 +294,20 @@ fn handle(
     for index in (0..opts.puts).filter(|i| !done.contains(i)) {
         if opts.corrupt.is_some() && conn.sent.len() as u64 == GOOD_BEFORE_CORRUPT {
             let _ = w.send(&pending);
+            if opts.corrupt == Some(Corrupt::Reset) {
+                // A reset discards whatever the peer's TCP has not yet acknowledged, with or
+                // without lnat; the good PUTs are seen through (their LNet ACKs) first, so that
+                // the cut header is all the reset tests.
+                let deadline = Instant::now() + opts.hold;
+                let want = done.len() + GOOD_BEFORE_CORRUPT as usize;
+                while Instant::now() < deadline
+                    && acked
+                        .lock()
+                        .is_ok_and(|a| a.get(&client).map_or(0, BTreeSet::len) < want)
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
             return corrupt(&mut w, opts, hello.proto, endian, peer_nid, peer_pid);
         }
         let size = workload::size(&opts.sizes, seed, index);
@@ -497,22 +511,7 @@ fn corrupt(
         }
         Some(Corrupt::Reset) => {
             w.send(&put(0)[..30])?;
-            // SO_LINGER 0: close sends RST.
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            use std::os::fd::AsRawFd as _;
-            // SAFETY: setsockopt with a linger struct.
-            unsafe {
-                libc::setsockopt(
-                    w.stream().as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&raw const linger).cast(),
-                    size_of::<libc::linger>() as u32,
-                )
-            };
+            reset(w.stream())?;
         }
         _ => {}
     }

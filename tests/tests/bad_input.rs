@@ -98,8 +98,13 @@ fn broken(tag: &str, b: &Break) {
         client.received.iter().all(|p| sent.contains(p)),
         "{m}: received a PUT the server did not send"
     );
-    assert_eq!(client.received.len(), b.good, "{m}");
     let c = lnat.counters().expect("counters");
+    assert_eq!(
+        client.received.len(),
+        b.good,
+        "{m}: {c}; client: {}",
+        client.reason
+    );
     assert_eq!(c["flows_opened"], 1, "{m}: {c}");
     assert_eq!(c["rewritten"].as_u64(), Some(b.rewritten), "{m}: {c}");
     assert_eq!(
