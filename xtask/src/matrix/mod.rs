@@ -11,10 +11,18 @@ use anyhow::{Context as _, bail};
 use crate::workspace::{self, output};
 use kernels::{Expect, KERNELS, Kernel};
 
-/// The tests each passing guest runs: test target, and the name filter (empty: all). The
+/// The tests each passing guest runs: test target, and the test binary's arguments. The
 /// lifecycle tests attach, report and detach in each mode, and SIGKILL lnat to see the next
-/// attach remove the stale filter or pins.
-const GUEST_TESTS: [(&str, &str); 3] = [("golden", ""), ("core", ""), ("lifecycle", "")];
+/// attach remove the stale filter or pins; the one whose client must outlast lnat's downtime
+/// mid-transfer runs on the host only (under TCG a re-attach outlasts its server).
+const GUEST_TESTS: [(&str, &str); 3] = [
+    ("golden", ""),
+    ("core", ""),
+    (
+        "lifecycle",
+        "--skip sigkill_mid_transfer_then_reattach_and_reconnect",
+    ),
+];
 
 /// Longest a guest that runs the tests may take (TCG runs them about 5 times slower).
 const PASS_LIMIT: Duration = Duration::from_secs(1500);
@@ -115,13 +123,13 @@ fn test_binaries() -> anyhow::Result<Vec<(String, String)>> {
     }
     GUEST_TESTS
         .iter()
-        .map(|(target, filter)| {
+        .map(|(target, args)| {
             let exe = found
                 .iter()
                 .find(|(n, _)| n == target)
                 .map(|(_, e)| e.clone())
                 .with_context(|| format!("cargo built no test binary for {target}"))?;
-            Ok((exe, filter.to_string()))
+            Ok((exe, args.to_string()))
         })
         .collect()
 }
@@ -163,9 +171,9 @@ fn guest_row(kernel: Kernel, dir: &Path, tests: &[(String, String)]) -> anyhow::
     let (body, limit) = match kernel.expect {
         Expect::Pass { .. } => {
             let mut body = format!("cd '{}' || exit 1\nrc=0\n", tests_dir.display());
-            for (exe, filter) in tests {
+            for (exe, args) in tests {
                 body += &format!(
-                    "echo \"LNAT-MATRIX running={exe} {filter}\"\n'{exe}' --test-threads=2 {filter} || rc=1\n"
+                    "echo \"LNAT-MATRIX running={exe} {args}\"\n'{exe}' --test-threads=2 {args} || rc=1\n"
                 );
             }
             body += PROBE;
