@@ -381,87 +381,76 @@ fn handle(
     Ok(())
 }
 
-/// Makes closing `stream` send a RST (SO_LINGER with a zero timeout).
-fn reset(stream: &TcpStream) -> anyhow::Result<()> {
+/// Sets the socket option `level`/`name` of `stream` to `value`; `what` names it in errors.
+fn set_option<T>(
+    stream: &TcpStream,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+    what: &str,
+) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd as _;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a linger struct.
-    let r = unsafe {
+    // SAFETY: `value` is valid for `size_of::<T>()` bytes, and the kernel only reads them.
+    let rc = unsafe {
         libc::setsockopt(
             stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as u32,
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
-    if r != 0 {
-        bail!("SO_LINGER: {}", std::io::Error::last_os_error());
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("setting {what}"));
     }
     Ok(())
 }
 
+/// Makes closing `stream` send a RST (SO_LINGER with a zero timeout).
+fn reset(stream: &TcpStream) -> anyhow::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    set_option(
+        stream,
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        &linger,
+        "SO_LINGER",
+    )
+}
+
 /// IPv4 options and DF, as asked.
 fn set_socket_options(stream: &TcpStream, opts: &ServerOpts) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let fd = stream.as_raw_fd();
     if opts.ip_options {
         // Four NOPs: a legal, meaningless option list that makes every IP header 24 bytes.
         let nops = [1u8, 1, 1, 1];
-        // SAFETY: setsockopt with a 4-byte buffer.
-        if unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_OPTIONS,
-                nops.as_ptr().cast(),
-                4,
-            )
-        } != 0
-        {
-            return Err(std::io::Error::last_os_error()).context("setting IP_OPTIONS");
-        }
+        set_option(
+            stream,
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            &nops,
+            "IP_OPTIONS",
+        )?;
     }
     if opts.no_df {
         let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
-        // SAFETY: setsockopt with an int.
-        if unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&raw const dont).cast(),
-                4,
-            )
-        } != 0
-        {
-            return Err(std::io::Error::last_os_error()).context("clearing DF");
-        }
+        set_option(
+            stream,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            &dont,
+            "IP_MTU_DISCOVER (clearing DF)",
+        )?;
     }
     Ok(())
 }
 
 /// Holds what is written back (TCP_CORK) until the socket is shut down or uncorked.
-fn cork(stream: &std::net::TcpStream) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd as _;
+fn cork(stream: &TcpStream) -> anyhow::Result<()> {
     let on: libc::c_int = 1;
-    // SAFETY: setsockopt with an int option on a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&raw const on).cast(),
-            size_of::<libc::c_int>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("setting TCP_CORK");
-    }
-    Ok(())
+    set_option(stream, libc::IPPROTO_TCP, libc::TCP_CORK, &on, "TCP_CORK")
 }
 
 /// Breaks the protocol as `opts.corrupt` says, then closes.
