@@ -7,17 +7,30 @@
 //!
 //! Patches are kept as runs (first position, stride, count, XOR): a stream of equal-sized messages
 //! to the same NID, the common case under load, is one run however many headers it holds.
+//!
+//! The oldest run makes room for a new one. Whether forgetting it can cost anything depends on
+//! the client: the receiving socket's `rcv_nxt`, which the datapath reads when the history is
+//! about to be full ([`History::receive`]), marks every byte before it as the stack's already
+//! (copies of those bytes are discarded unread). A run wholly before it goes without a trace;
+//! only a run the client had not yet received is recorded as forgotten, and only a copy of
+//! bytes the client may still take in counts as a miss (`history_misses`).
 
 use crate::seq;
 
-/// Runs kept per flow; older runs are forgotten and `[lost, floor)` records where they lay.
-pub const RUNS: usize = 64;
+/// Runs kept per flow. 256 runs of 12 bytes: the patches of a 64 KiB packet of 260-byte
+/// messages of varied sizes fit, and at the default flow-table size the maps stay within the
+/// 16 MiB budget (README, Benchmarks).
+pub const RUNS: usize = 256;
+const MASK: usize = RUNS - 1;
 /// How far behind the cursor the history's marks may trail: the largest TCP receive window
 /// (65,535 << 14, just under 1 GiB). No segment from further back can be accepted by the
 /// receiver, and positions that far apart still compare correctly modulo 2^32; marks left older
 /// (a stream with nothing to rewrite for gigabytes) are brought up to it, see [`History::follow`].
 pub const SPAN: u32 = 1 << 30;
 const _: () = assert!(RUNS.is_power_of_two());
+/// The fewest payload bytes per recorded patch: a V2 message of 96 bytes (socklnd and LNet
+/// headers, no payload) brings two (its NID and the `dest_pid` that compensates its checksum).
+const BYTES_PER_PATCH: u32 = 48;
 
 /// One patch: XOR `xor` into the four bytes at stream position `pos` (zero bytes are untouched).
 #[repr(C)]
@@ -30,24 +43,30 @@ pub struct Patch {
 }
 
 /// Patches with the same XOR at `first + i * stride` for `i < count`.
+///
+/// Twelve bytes: strides above 64 KiB (1 MiB bulk messages) start a new run each, which costs
+/// little, as such messages are few in any window.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Run {
     /// Position of the first patch.
     pub first: u32,
-    /// Distance between patches (0 while the run has one patch).
-    pub stride: u32,
-    /// Number of patches.
-    pub count: u32,
     /// XOR of every patch.
     pub xor: [u8; 4],
+    /// Distance between patches (0 while the run has one patch).
+    pub stride: u16,
+    /// Number of patches.
+    pub count: u16,
 }
 
 impl Run {
     /// Position of the last patch.
     const fn last(&self) -> u32 {
-        self.first
-            .wrapping_add(self.count.wrapping_sub(1).wrapping_mul(self.stride))
+        self.first.wrapping_add(
+            (self.count as u32)
+                .wrapping_sub(1)
+                .wrapping_mul(self.stride as u32),
+        )
     }
 
     /// Position just past the last patched byte.
@@ -57,20 +76,29 @@ impl Run {
 
     /// Adds `p` to this run if it continues it.
     fn extend(&mut self, p: Patch) -> bool {
-        if self.count == 0 || self.xor != p.xor || !seq::after(p.pos, self.last()) {
+        if self.count == 0
+            || self.count == u16::MAX
+            || self.xor != p.xor
+            || !seq::after(p.pos, self.last())
+        {
             return false;
         }
         let gap = p.pos.wrapping_sub(self.last());
-        if gap < 4 || (self.count > 1 && gap != self.stride) {
+        if gap < 4 || gap > u16::MAX as u32 || (self.count > 1 && gap != self.stride as u32) {
             return false;
         }
-        self.stride = gap;
+        self.stride = gap as u16;
         self.count += 1;
         true
     }
 }
 
 /// A flow's recent patches.
+///
+/// The runs form a ring in stream order: each run starts after the one before it, and a run
+/// grows only while it is one of the two newest (see [`History::push`]), so every patch of run
+/// `i` lies before the first of run `i + 2`. A walk can therefore find where a segment starts
+/// by binary search.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct History {
@@ -81,12 +109,15 @@ pub struct History {
     /// Slots in use.
     pub used: u32,
     /// Where the forgotten runs began: `[lost, floor)` may have held patches the history no
-    /// longer knows (empty when equal).
+    /// longer knows and the client had not received (empty when equal).
     pub lost: u32,
     /// Where the forgotten runs ended.
     pub floor: u32,
     /// Position just past the newest patch: segments starting here or later need no history.
     pub end: u32,
+    /// The receiving socket's next expected byte, as last read: the stack discards copies of
+    /// bytes before it, so patches there are no longer needed.
+    pub received: u32,
 }
 
 impl History {
@@ -95,15 +126,16 @@ impl History {
         History {
             runs: [Run {
                 first: 0,
+                xor: [0; 4],
                 stride: 0,
                 count: 0,
-                xor: [0; 4],
             }; RUNS],
             next: 0,
             used: 0,
             lost: start,
             floor: start,
             end: start,
+            received: start,
         }
     }
 
@@ -114,6 +146,32 @@ impl History {
         self.lost = start;
         self.floor = start;
         self.end = start;
+        self.received = start;
+    }
+
+    /// The `k`th run from the oldest.
+    const fn slot(&self, k: u32) -> usize {
+        self.next.wrapping_sub(self.used).wrapping_add(k) as usize & MASK
+    }
+
+    /// True when a segment of `len` bytes could fill the history: the datapath then reads the
+    /// socket's `rcv_nxt` for [`History::receive`] (a lookup it spares other segments).
+    pub const fn wants_received(&self, len: u32) -> bool {
+        self.used as usize + (len / BYTES_PER_PATCH) as usize + 2 > RUNS
+    }
+
+    /// Notes that the receiver has every byte before `rcv_nxt`: runs wholly before it are
+    /// dropped without loss when room is needed, and of the forgotten stretch only what lies
+    /// at or after it can still be missed. A value behind what is known changes nothing.
+    pub const fn receive(&mut self, rcv_nxt: u32) {
+        if seq::after(rcv_nxt, self.received) {
+            self.received = rcv_nxt;
+        }
+        if !seq::before(self.received, self.floor) {
+            self.lost = self.floor;
+        } else if seq::before(self.lost, self.received) {
+            self.lost = self.received;
+        }
     }
 
     /// Records a patch; a patch that changes nothing is not recorded.
@@ -125,8 +183,8 @@ impl History {
         // The newest run, or the one before it: V2 checksummed streams alternate NID and
         // dest_pid patches, each forming its own run.
         let mut back = 1;
-        while back <= 2 && back <= self.used as usize {
-            let idx = (self.next as usize + RUNS - back) % RUNS;
+        while back <= 2 && back <= self.used {
+            let idx = self.slot(self.used - back);
             if let Some(run) = self.runs.get_mut(idx)
                 && run.extend(p)
             {
@@ -134,25 +192,28 @@ impl History {
             }
             back += 1;
         }
-        let idx = self.next as usize % RUNS;
+        let idx = self.next as usize & MASK;
         if let Some(slot) = self.runs.get_mut(idx) {
             if self.used as usize == RUNS {
-                // Runs are made in stream order, so the first one forgotten starts the stretch.
-                if self.lost == self.floor {
-                    self.lost = slot.first;
+                // The oldest run goes. Unless the client has it all, its stretch is recorded;
+                // runs are made in stream order, so the first one forgotten starts it.
+                if seq::after(slot.end(), self.received) {
+                    if self.lost == self.floor {
+                        self.lost = seq::max(slot.first, self.received);
+                    }
+                    self.floor = seq::max(self.floor, slot.end());
                 }
-                self.floor = seq::max(self.floor, slot.end());
             } else {
                 self.used += 1;
             }
             *slot = Run {
                 first: p.pos,
+                xor: p.xor,
                 stride: 0,
                 count: 1,
-                xor: p.xor,
             };
         }
-        self.next = ((idx + 1) % RUNS) as u32;
+        self.next = ((idx + 1) & MASK) as u32;
     }
 
     /// Records `p`, the rest of a NID whose first bytes are the newest record, into that
@@ -160,11 +221,14 @@ impl History {
     /// gets half of it. False (nothing recorded) when the newest record is not those bytes
     /// alone (they changed nothing, or joined a run of others): the caller pushes `p`.
     pub fn complete(&mut self, p: Patch) -> bool {
-        let idx = (self.next as usize).wrapping_sub(1) & (RUNS - 1);
+        if self.used == 0 {
+            return false;
+        }
+        let idx = self.slot(self.used - 1);
         let Some(run) = self.runs.get_mut(idx) else {
             return false;
         };
-        if self.used == 0 || run.count != 1 || run.first != p.pos {
+        if run.count != 1 || run.first != p.pos {
             return false;
         }
         run.xor = (u32::from_le_bytes(run.xor) | u32::from_le_bytes(p.xor)).to_le_bytes();
@@ -173,9 +237,9 @@ impl History {
     }
 
     /// True when the segment `[seq, seq + len)` overlaps the stretch whose patches were
-    /// forgotten: only there could a copy lack a patch its first copy got. A segment of a
-    /// stream where nothing was ever rewritten, or old bytes before the first forgotten patch,
-    /// miss nothing.
+    /// forgotten before the client had them: only there could a copy lack a patch its first
+    /// copy got. A segment of a stream where nothing was ever rewritten, old bytes before the
+    /// first forgotten patch, or bytes the client already has, miss nothing.
     pub const fn misses(&self, seq: u32, len: u32) -> bool {
         seq::before(self.lost, self.floor)
             && seq::before(seq, self.floor)
@@ -195,6 +259,9 @@ impl History {
         }
         if seq::before(self.lost, oldest) {
             self.lost = oldest;
+        }
+        if seq::before(self.received, oldest) {
+            self.received = oldest;
         }
     }
 
@@ -248,16 +315,24 @@ impl Patch {
 /// Walks the recorded patches that overlap one segment.
 ///
 /// A plain cursor advanced one step per call rather than a borrowing iterator, so the eBPF
-/// program can drive it from a `bpf_loop` callback with no loop of its own to verify.
+/// program can drive it from a `bpf_loop` callback with no loop of its own to verify. It first
+/// halves the runs to the first that can reach the segment, one comparison a step, then goes
+/// through the runs from there until one starts past the segment.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct PatchWalk {
     seq: u32,
     len: u32,
+    /// The search's bounds, as runs from the oldest: runs before `lo` start more than 3
+    /// bytes before the segment, runs from `hi` on do not.
+    lo: u32,
+    hi: u32,
+    /// The run being walked, from the oldest.
     run: u32,
     member: u32,
     member_end: u32,
-    started: u32,
+    /// 0 while searching, 1 once walking.
+    walking: u32,
 }
 
 /// One step of a [`PatchWalk`].
@@ -272,16 +347,23 @@ pub enum WalkStep {
 }
 
 impl PatchWalk {
-    /// A walk over the patches overlapping `[seq, seq + len)`.
-    pub const fn new(seq: u32, len: u32) -> Self {
+    /// A walk over the patches of `h` overlapping `[seq, seq + len)`.
+    pub const fn new(h: &History, seq: u32, len: u32) -> Self {
         PatchWalk {
             seq,
             len,
+            lo: 0,
+            hi: h.used,
             run: 0,
             member: 0,
             member_end: 0,
-            started: 0,
+            walking: 0,
         }
+    }
+
+    /// Where the segment starts, from the start of `run`.
+    fn offset_in(&self, run: &Run) -> i64 {
+        seq::delta(run.first, self.seq)
     }
 
     /// The members of `run` whose four bytes overlap the segment, as `[lo, hi)`.
@@ -289,7 +371,7 @@ impl PatchWalk {
         if run.count == 0 {
             return (0, 0);
         }
-        let from_start = seq::delta(run.first, self.seq);
+        let from_start = self.offset_in(run);
         let to_end = from_start + self.len as i64;
         if to_end <= 0 {
             return (0, 0);
@@ -317,27 +399,55 @@ impl PatchWalk {
         }
     }
 
-    /// Advances by one member or one run.
+    /// Advances by one comparison of the search, one member or one run.
     pub fn step(&mut self, h: &History) -> WalkStep {
+        if self.walking == 0 {
+            if self.lo < self.hi {
+                let mid = self.lo + (self.hi - self.lo) / 2;
+                // A mask on the very value used as the index, for the verifier: `slot` masks
+                // after arithmetic the compiler may fold.
+                let run = &h.runs[h.slot(mid) & MASK];
+                if self.offset_in(run) > 3 {
+                    self.lo = mid + 1;
+                } else {
+                    self.hi = mid;
+                }
+                return WalkStep::Moved;
+            }
+            // Runs two before the first that starts near the segment may still reach into it.
+            self.walking = 1;
+            self.run = self.lo.saturating_sub(2);
+            self.member = 0;
+            self.member_end = 0;
+            return self.enter(h);
+        }
         if self.member < self.member_end {
-            let run = &h.runs[self.run as usize & (RUNS - 1)];
-            let pos = run.first.wrapping_add(self.member.wrapping_mul(run.stride));
+            let run = &h.runs[h.slot(self.run) & MASK];
+            let pos = run
+                .first
+                .wrapping_add(self.member.wrapping_mul(run.stride as u32));
             self.member += 1;
             return match (Patch { pos, xor: run.xor }).clip(self.seq, self.len) {
                 Some(c) => WalkStep::Patch(c),
                 None => WalkStep::Moved,
             };
         }
-        let idx = if self.started != 0 { self.run + 1 } else { 0 };
-        self.started = 1;
-        self.run = idx;
-        if idx >= h.used {
+        self.run += 1;
+        self.enter(h)
+    }
+
+    /// Starts on run `self.run`, or ends the walk when there is none or it starts past the
+    /// segment (every later run starts later still).
+    fn enter(&mut self, h: &History) -> WalkStep {
+        if self.run >= h.used {
             self.member_end = 0;
             return WalkStep::Done;
         }
-        // `used` comes from memory, so the compiler cannot prove `idx < RUNS` and keeps the mask
-        // the verifier needs on the very value used as the index.
-        let run = &h.runs[idx as usize & (RUNS - 1)];
+        let run = &h.runs[h.slot(self.run) & MASK];
+        if -self.offset_in(run) >= self.len as i64 {
+            self.member_end = 0;
+            return WalkStep::Done;
+        }
         let (lo, hi) = self.members(run);
         self.member = lo;
         self.member_end = hi;
@@ -364,7 +474,7 @@ mod tests {
     /// Applies every patch overlapping the segment to a copy of it.
     fn apply(h: &History, seq: u32, seg: &[u8]) -> Vec<u8> {
         let mut out = seg.to_vec();
-        let mut walk = PatchWalk::new(seq, seg.len() as u32);
+        let mut walk = PatchWalk::new(h, seq, seg.len() as u32);
         while let Some(c) = walk.next(h) {
             for i in 0..c.len as usize {
                 out[c.off as usize + i] ^= c.xor[i];
@@ -535,10 +645,11 @@ mod tests {
     #[test]
     fn eviction_raises_the_floor() {
         let mut h = History::new(0);
+        // A new XOR each: no two patches merge, every patch is a run.
         for i in 0..(RUNS as u32 + 3) {
             h.push(Patch {
                 pos: i * 1000,
-                xor: [i as u8 + 1, 0, 0, 0],
+                xor: [(i & 0x7f) as u8 + 1, (i >> 7) as u8 + 1, 0, 0],
             });
         }
         assert_eq!(h.used as usize, RUNS);
@@ -547,5 +658,80 @@ mod tests {
         assert!(h.misses(u32::MAX - 1, 3) && !h.misses(u32::MAX - 1, 2));
         assert!(h.reaches((RUNS as u32 + 2) * 1000 + 3));
         assert!(!h.reaches((RUNS as u32 + 2) * 1000 + 4));
+    }
+
+    #[test]
+    fn runs_the_client_received_go_without_loss() {
+        let mut h = History::new(0);
+        let push = |h: &mut History, i: u32| {
+            h.push(Patch {
+                pos: i * 1000,
+                xor: [(i & 0x7f) as u8 + 1, (i >> 7) as u8 + 1, 0, 0],
+            })
+        };
+        for i in 0..RUNS as u32 {
+            push(&mut h, i);
+        }
+        assert!(h.wants_received(0) && !History::new(0).wants_received(1448));
+        // The client has the first ten runs' bytes: they make room for ten more, no loss.
+        h.receive(9 * 1000 + 4);
+        for i in RUNS as u32..RUNS as u32 + 10 {
+            push(&mut h, i);
+        }
+        assert_eq!(h.lost, h.floor);
+        assert!(!h.misses(0, 1 << 20));
+        // Two more evict runs it has not received: those are recorded, from where they began.
+        push(&mut h, RUNS as u32 + 10);
+        push(&mut h, RUNS as u32 + 11);
+        assert_eq!((h.lost, h.floor), (10_000, 11_004));
+        assert!(h.misses(10_500, 1) && !h.misses(9_000, 1000));
+        // Once it has those too, nothing can be missed; an older value changes nothing.
+        h.receive(10_600);
+        assert_eq!((h.lost, h.floor), (10_600, 11_004));
+        h.receive(11_004);
+        h.receive(5);
+        assert_eq!((h.lost, h.floor, h.received), (11_004, 11_004, 11_004));
+        assert!(!h.misses(0, 1 << 20));
+    }
+
+    #[test]
+    fn the_walk_finds_a_segment_among_many_interleaved_runs() {
+        let mut seed = 11u32;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for base in [5u32, u32::MAX - 40_000] {
+            let mut h = History::new(base);
+            let mut want = std::vec![0u8; 200_000];
+            let mut pos = 0u32;
+            // V2-like messages: a NID patch and a dest_pid patch 16 bytes on, sizes varying
+            // in stretches, so runs grow two at a time and then break.
+            let mut size = 96;
+            while (h.used as usize) < RUNS - 2 && pos + 200 < want.len() as u32 {
+                if rnd() % 8 == 0 {
+                    size = 96 + rnd() % 400;
+                }
+                for (off, xor) in [(24, [1, 2, 0, 0]), (44, [0, 0, 3, 4])] {
+                    h.push(Patch {
+                        pos: base.wrapping_add(pos + off),
+                        xor,
+                    });
+                    for i in 0..4 {
+                        want[(pos + off + i) as usize] ^= xor[i as usize];
+                    }
+                }
+                pos += size;
+            }
+            assert!(h.used > 64 && !h.misses(base, pos), "{} runs", h.used);
+            for _ in 0..2000 {
+                let s = rnd() % pos;
+                let l = 1 + rnd() % 3000.min(pos - s);
+                let got = apply(&h, base.wrapping_add(s), &std::vec![0u8; l as usize]);
+                assert_eq!(got[..], want[s as usize..(s + l) as usize], "{s}+{l}");
+            }
+        }
     }
 }

@@ -321,6 +321,9 @@ pub struct Work {
     pub rewrites: u32,
     /// Bytes from the start of the packet made linear (writable) so far.
     pub pulled: u32,
+    /// The connection as a socket lookup takes it (addresses and ports in network order,
+    /// sender first): the helper reads it from memory, and the stack has no room for it.
+    pub tuple: [u8; 12],
 }
 
 /// A learned mapping, as the datapath reports it to `lnat attach`.

@@ -33,6 +33,12 @@ pub trait Packet {
     /// adapter that must make a packet writable before a write (the kernel copies a GRO
     /// packet's data into one buffer up to the written offset) can do it once for all.
     fn patch(&mut self, clip: &Clip, reach: u32) -> bool;
+    /// The receiving socket's next expected sequence number (`rcv_nxt`), if known: asked only
+    /// when the segment could fill the history, which then drops what the client already has
+    /// instead of forgetting it ([`crate::history::History::receive`]).
+    fn received(&mut self) -> Option<u32> {
+        None
+    }
 }
 
 /// What one step of a phase leaves to do.
@@ -133,12 +139,24 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Starts on the segment `[seq, seq + len)` with at most `budget` steps; returns how the
-    /// segment relates to the stream. Only `Admit::Track` leaves steps to make.
-    pub fn start(&mut self, t: &mut Tracker, seq: u32, len: u32, budget: u32) -> Admit {
+    /// Starts on the segment `[seq, seq + len)` of `pkt` with at most `budget` steps; returns
+    /// how the segment relates to the stream. Only `Admit::Track` leaves steps to make.
+    pub fn start<P: Packet>(
+        &mut self,
+        t: &mut Tracker,
+        seq: u32,
+        len: u32,
+        budget: u32,
+        pkt: &mut P,
+    ) -> Admit {
         t.history.follow(t.cursor());
+        if t.history.wants_received(len)
+            && let Some(r) = pkt.received()
+        {
+            t.history.receive(r);
+        }
         let admit = t.admit(seq, len);
-        self.walk = PatchWalk::new(seq, len);
+        self.walk = PatchWalk::new(&t.history, seq, len);
         self.seq = seq;
         self.len = len;
         self.budget = budget;
@@ -260,7 +278,7 @@ pub fn process<P: Packet, E: Env>(
     budget: u32,
 ) -> Admit {
     let mut d = Driver::default();
-    let admit = d.start(t, seq, len, budget);
+    let admit = d.start(t, seq, len, budget, pkt);
     while d.step(t, pkt, env) {}
     d.finish(t, env);
     admit

@@ -117,20 +117,18 @@ fn rewrite_owned(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> i32 
     // SAFETY: a value pointer from the flow table stays valid for this program run (values are
     // freed after an RCU grace period), and the claim makes this CPU its only user. The work
     // area is this CPU's.
-    let (f, d, seq, len) = unsafe {
-        (
-            &mut *flow,
-            &mut (*work).driver,
-            (*work).seg.seq,
-            (*work).seg.len,
-        )
-    };
+    let f = unsafe { &mut *flow };
     let closing = f.closing();
     if closing {
         // SAFETY: a helper without arguments.
         f.touch_closing(unsafe { bpf_ktime_get_ns() });
     }
-    match d.start(&mut f.tracker, seq, len, MAX_STEPS) {
+    // SAFETY: this CPU's work area.
+    unsafe {
+        (*work).rewrites = 0;
+        (*work).pulled = 0;
+    }
+    match start(ctx, work, flow) {
         Admit::Pass => return PASS,
         Admit::Drop => {
             maps::count(|c| c.dropped_ooo += 1);
@@ -145,18 +143,10 @@ fn rewrite_owned(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> i32 
     let Some(env) = DpEnv::new(ctx, flow, work) else {
         return PASS;
     };
-    // SAFETY: this CPU's work area.
-    unsafe {
-        (*work).rewrites = 0;
-        (*work).pulled = 0;
-    }
     let mut job = Job {
         flow,
         work,
-        // SAFETY: as above.
-        pkt: SkbPacket::new(ctx, unsafe { &raw const (*work).seg }, unsafe {
-            &raw mut (*work).pulled
-        }),
+        pkt: SkbPacket::new(ctx, work),
         env,
     };
     // SAFETY: `bpf_loop` calls `step` with `job`, which outlives the call.
@@ -175,6 +165,21 @@ fn rewrite_owned(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> i32 
     let (key, quiet) = unsafe { ((*work).seg.key, Quiet::of(&(*flow).tracker)) };
     maps::publish(&key, quiet);
     PASS
+}
+
+/// Starts the segment's `Driver`. A frame of its own: what the socket lookup for the history
+/// keeps on the stack is then not on the 512 bytes that the entry point and the `bpf_loop`
+/// callback share (Linux 6.1 refused the program at 544).
+#[inline(never)]
+fn start(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> Admit {
+    let mut pkt = SkbPacket::new(ctx, work);
+    // SAFETY: as in `rewrite_owned`.
+    unsafe {
+        let (seq, len) = ((*work).seg.seq, (*work).seg.len);
+        (*work)
+            .driver
+            .start(&mut (*flow).tracker, seq, len, MAX_STEPS, &mut pkt)
+    }
 }
 
 /// Stops following `seg`'s connection, if it is followed.

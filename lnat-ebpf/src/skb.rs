@@ -1,13 +1,19 @@
 //! The segment's payload inside the socket buffer: reads, and writes that keep the TCP checksum.
 
 use aya_ebpf::{
-    bindings::__sk_buff,
+    bindings::{__sk_buff, BPF_F_CURRENT_NETNS, bpf_sock_tuple},
     helpers::generated::{
-        bpf_l4_csum_replace, bpf_skb_load_bytes, bpf_skb_pull_data, bpf_skb_store_bytes,
+        bpf_l4_csum_replace, bpf_sk_lookup_tcp, bpf_sk_release, bpf_skb_load_bytes,
+        bpf_skb_pull_data, bpf_skb_store_bytes, bpf_tcp_sock,
     },
     programs::TcContext,
 };
-use lnat_common::{csum, history::Clip, maps::SegmentInfo, segment::Packet};
+use lnat_common::{
+    csum,
+    history::Clip,
+    maps::{SegmentInfo, Work},
+    segment::Packet,
+};
 
 /// `v`, with everything the compiler knows about it forgotten.
 ///
@@ -45,15 +51,19 @@ pub struct SkbPacket {
     /// Bytes from the start of the packet made linear so far, kept in map memory (the work
     /// area), which the verifier does not follow value by value.
     pulled: *mut u32,
+    /// Where a socket lookup's tuple is built (map memory too).
+    tuple: *mut [u8; 12],
 }
 
 impl SkbPacket {
-    /// The payload of `seg` in `ctx`; `pulled` counts what is linear (both in map memory).
-    pub fn new(ctx: &TcContext, seg: *const SegmentInfo, pulled: *mut u32) -> Self {
+    /// The payload of the segment `work` describes in `ctx`; `work` also keeps what is linear.
+    pub fn new(ctx: &TcContext, work: *mut Work) -> Self {
         SkbPacket {
             skb: ctx.skb.skb,
-            seg,
-            pulled,
+            // SAFETY: only field addresses of a live per-CPU map value are taken.
+            seg: unsafe { &raw const (*work).seg },
+            pulled: unsafe { &raw mut (*work).pulled },
+            tuple: unsafe { &raw mut (*work).tuple },
         }
     }
 
@@ -84,7 +94,58 @@ impl SkbPacket {
     }
 }
 
+/// TCP states in which a socket still takes in data, so that its `rcv_nxt` says what it has:
+/// established, FIN-WAIT-1 and 2, CLOSE-WAIT, LAST-ACK, CLOSING. (A listener, found for a
+/// connection still in its handshake, has no `rcv_nxt` of the connection's.)
+const RECEIVING: u32 = 1 << 1 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
+
+/// The `rcv_nxt` of the socket `seg` is going to, with bit 32 set; 0 when there is none that
+/// receives. Inlined, and its tuple in map memory: a call frame of its own would cost 32 bytes
+/// of the 512 that the entry point and the `bpf_loop` callback share (Linux 6.1 counts frames
+/// so).
+#[inline(always)]
+fn rcv_nxt(skb: *mut __sk_buff, seg: *const SegmentInfo, tuple: *mut [u8; 12]) -> u64 {
+    // SAFETY: live per-CPU map values.
+    unsafe {
+        let key = (*seg).key;
+        let t = &mut *tuple;
+        t[0..4].copy_from_slice(&key.peer_addr);
+        t[4..8].copy_from_slice(&key.local_addr);
+        t[8..10].copy_from_slice(&key.peer_port.to_be_bytes());
+        t[10..12].copy_from_slice(&key.local_port.to_be_bytes());
+    }
+    // SAFETY: the tuple is valid for its 12 bytes, the size of `bpf_sock_tuple`'s IPv4 part;
+    // a socket found is released below.
+    unsafe {
+        let sk = bpf_sk_lookup_tcp(
+            skb.cast(),
+            tuple.cast::<bpf_sock_tuple>(),
+            12,
+            BPF_F_CURRENT_NETNS as i64 as u64,
+            0,
+        );
+        if sk.is_null() {
+            return 0;
+        }
+        let mut found = 0;
+        let state = (*sk).state;
+        if state < 32 && RECEIVING & (1 << state) != 0 {
+            let tp = bpf_tcp_sock(sk);
+            if !tp.is_null() {
+                found = 1 << 32 | (*tp).rcv_nxt as u64;
+            }
+        }
+        bpf_sk_release(sk.cast());
+        found
+    }
+}
+
 impl Packet for SkbPacket {
+    fn received(&mut self) -> Option<u32> {
+        let r = rcv_nxt(self.skb, self.seg, self.tuple);
+        (r >> 32 != 0).then_some(r as u32)
+    }
+
     fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {
         let Some(n) = helper_len(dst.len(), lnat_common::tracker::PREFIX_MAX as u32) else {
             return false;

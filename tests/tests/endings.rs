@@ -3,8 +3,9 @@
 //! segments, two clients behind one NAT, and a bad network with drops after TC. A FIN or RST
 //! that lnat sees while earlier bytes are still to come (segments it dropped out of order, or
 //! that the stack dropped after TC) must end nothing: every late copy is rewritten as its first
-//! copy was. 200 connections of 300 PUTs each per case; every digest equal, no rejection, no
-//! destination NID other than the client's own ever seen.
+//! copy was. 200 connections of 300 PUTs each per case (1,200 on the bad network); every digest
+//! equal, no rejection, no destination NID other than the client's own ever seen, no history
+//! miss.
 
 use std::time::{Duration, Instant};
 
@@ -18,21 +19,24 @@ use lnat_tests::{
 };
 
 const CONNS: usize = 200;
+/// PUTs per connection; on the bad network, streams whose patch history (256 runs, a PUT of
+/// varied size each) wraps several times, so that late copies are rewritten from a wrapped ring.
 const PUTS: u64 = 300;
+const LONG_PUTS: u64 = 1200;
 const WAIT: Duration = Duration::from_secs(300);
 
 fn client_nid(i: usize) -> String {
     format!("{}@tcp", topology::client_addr(i))
 }
 
-fn expected(nid: &str) -> Vec<Put> {
+fn expected(nid: &str, puts: u64) -> Vec<Put> {
     let sizes: Sizes = "small".parse().expect("sizes");
-    workload::expected(&sizes, 1, nid.parse().expect("nid"), PUTS)
+    workload::expected(&sizes, 1, nid.parse().expect("nid"), puts)
 }
 
 /// `conns` connections at once from the `i`th client, each expecting every PUT.
-fn clients(t: &Topology, i: usize, conns: usize) -> Proc {
-    let (n, parallel, nid) = (PUTS.to_string(), conns.to_string(), client_nid(i));
+fn clients(t: &Topology, i: usize, conns: usize, puts: u64) -> Proc {
+    let (n, parallel, nid) = (puts.to_string(), conns.to_string(), client_nid(i));
     let server = format!("{}:988", topology::SERVER);
     let args = [
         "--server",
@@ -55,6 +59,11 @@ fn clients(t: &Topology, i: usize, conns: usize) -> Proc {
 
 /// Runs the case: `end` is the server's `--end`; `opts` the network.
 fn ending(tag: &str, end: &str, opts: TopoOpts) {
+    let puts = if opts.impair.is_some() {
+        LONG_PUTS
+    } else {
+        PUTS
+    };
     let mut t = Topology::new(tag, opts).expect("topology");
     let hosts: Vec<Host> = (0..opts.clients)
         .map(|i| Host::new(t.client_n(i)).expect("host"))
@@ -67,7 +76,7 @@ fn ending(tag: &str, end: &str, opts: TopoOpts) {
     let started = Instant::now();
     let server = harness::lnet_server(
         &t,
-        PUTS,
+        puts,
         "small",
         &["--conns", &conns, "--noop-every", "7", "--end", end],
     )
@@ -76,7 +85,9 @@ fn ending(tag: &str, end: &str, opts: TopoOpts) {
         .wait_listening(topology::ACCEPTOR_PORT, Duration::from_secs(10))
         .expect("listening");
     let per = CONNS / opts.clients;
-    let procs: Vec<Proc> = (0..opts.clients).map(|i| clients(&t, i, per)).collect();
+    let procs: Vec<Proc> = (0..opts.clients)
+        .map(|i| clients(&t, i, per, puts))
+        .collect();
     let reports: Vec<ClientReport> = procs
         .into_iter()
         .map(|p| harness::client_report(p, WAIT).expect("client report"))
@@ -99,23 +110,39 @@ fn ending(tag: &str, end: &str, opts: TopoOpts) {
         assert_eq!(client.failures, 0, "{m}: rejected or reset");
         assert_eq!(client.sessions_ok as usize, per, "{m}");
         assert_eq!(client.connections as usize, per, "{m}");
-        assert_eq!(client.received, expected(&client_nid(i)), "{m}: digests");
-        lnat.wait_no_flows(Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("{m}: {e:#}"));
-        let c = lnat.counters().expect("counters");
+        assert_eq!(
+            client.received,
+            expected(&client_nid(i), puts),
+            "{m}: digests"
+        );
         let per = per as u64;
+        // A RST is sent once: on a lossy network the one ending a connection can be lost
+        // before lnat sees it (a FIN is sent again until acknowledged).
+        let ends_may_be_lost = end == "reset" && opts.impair.is_some();
+        if !ends_may_be_lost {
+            lnat.wait_no_flows(Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("{m}: {e:#}"));
+        }
+        let c = lnat.counters().expect("counters");
         assert_eq!(c["flows_opened"].as_u64(), Some(per), "{m}: {c}");
-        assert_eq!(c["flows_closed"].as_u64(), Some(per), "{m}: {c}");
-        assert_eq!(c["rewritten"].as_u64(), Some(per * (PUTS + 1)), "{m}: {c}");
+        let closed = c["flows_closed"].as_u64().expect("flows_closed");
+        if ends_may_be_lost {
+            assert!(closed <= per && closed >= per - per / 10, "{m}: {c}");
+        } else {
+            assert_eq!(closed, per, "{m}: {c}");
+        }
+        assert_eq!(c["rewritten"].as_u64(), Some(per * (puts + 1)), "{m}: {c}");
         assert_eq!(c["learned"], 1, "{m}: {c}");
         assert_eq!(c["desynced"], 0, "{m}: {c}");
         assert_eq!(c["conflicts"], 0, "{m}: {c}");
         assert_eq!(c["untracked"], 0, "{m}: {c}");
+        // The history held every patch TCP could still deliver a copy of.
+        assert_eq!(c["history_misses"], 0, "{m}: {c}");
         let mappings = lnat.status().expect("status")["mappings"].clone();
         assert_eq!(mappings[0]["external"], NAT_NID, "{m}: {mappings}");
         assert_eq!(t.client_n(i).nstat("TcpInCsumErrors").expect("nstat"), 0);
         println!(
-            "RESULT {tag} client {i}: {per} connections x {PUTS} PUTs intact in {took:.1?}; \
+            "RESULT {tag} client {i}: {per} connections x {puts} PUTs intact in {took:.1?}; \
              closing={} dropped_ooo={} history_misses={} segments={} quiet={}",
             c["closing"], c["dropped_ooo"], c["history_misses"], c["segments"], c["quiet"]
         );
@@ -171,7 +198,6 @@ fn server_shuts_down_after_its_last_write_two_clients() {
 }
 
 #[test]
-#[ignore = "fails: small varied messages outgrow the 64-run patch history; late copies miss (history_misses) and pass unrewritten"]
 fn server_shuts_down_after_its_last_write_bad_network() {
     ending("shut-c", "shutdown", bad_network());
 }
@@ -187,7 +213,6 @@ fn server_resets_two_clients() {
 }
 
 #[test]
-#[ignore = "fails: small varied messages outgrow the 64-run patch history; late copies miss (history_misses) and pass unrewritten"]
 fn server_resets_bad_network() {
     ending("rst-c", "reset", bad_network());
 }
@@ -203,7 +228,6 @@ fn client_closes_first_two_clients() {
 }
 
 #[test]
-#[ignore = "fails: small varied messages outgrow the 64-run patch history; late copies miss (history_misses) and pass unrewritten"]
 fn client_closes_first_bad_network() {
     ending("cli-c", "hold", bad_network());
 }

@@ -364,11 +364,12 @@ pub struct Weather {
 pub struct Delivered {
     /// The receiving stack's view: each byte from the first copy it accepted.
     pub received: Vec<u8>,
-    /// Every copy the datapath passed knowing all its patches, with its bytes as passed.
+    /// Every copy the datapath passed knowing all its patches, with its bytes as passed, from
+    /// the first byte the receiver then lacked (the stack discards what it has unread).
     pub copies: Vec<(usize, Vec<u8>)>,
     /// Copies overlapping a stretch whose patches the history forgot (counted and passed with
     /// what it still knows, a documented limit), with their bytes as passed: each NID in them
-    /// must still carry all of its rewrite or none of it.
+    /// must still carry all of its rewrite or none of it; cut like `copies`.
     pub missed: Vec<(usize, Vec<u8>)>,
     /// Copies the datapath dropped as out of order.
     pub dropped: usize,
@@ -393,6 +394,27 @@ pub struct Receiver {
     pub env: MapEnv,
     /// The hint new flows start with.
     pub hint: Nid,
+    /// Whether the datapath can read the receiving socket's `rcv_nxt`, as the kernel's can
+    /// for a live socket; without it the history keeps every patch it has room for.
+    pub socket: bool,
+}
+
+/// A segment's payload, with what the receiver has taken in so far.
+struct ReceiverPacket<'a> {
+    bytes: VecPacket<'a>,
+    rcv_nxt: Option<u32>,
+}
+
+impl Packet for ReceiverPacket<'_> {
+    fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {
+        self.bytes.load(off, dst)
+    }
+    fn patch(&mut self, clip: &Clip, reach: u32) -> bool {
+        self.bytes.patch(clip, reach)
+    }
+    fn received(&mut self) -> Option<u32> {
+        self.rcv_nxt
+    }
 }
 
 /// Delivers `stream` (first byte at sequence number `isn`) to a tracker through a hostile
@@ -403,6 +425,7 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
         local,
         env,
         hint,
+        socket,
     } = rx;
     let mut t = std::boxed::Box::new(Tracker::new(role, isn, local, hint));
     let mut env = env;
@@ -474,11 +497,16 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
             quiet += 1;
             Admit::Pass
         } else {
+            let rcv_nxt = socket.then(|| isn.wrapping_add(first_missing as u32));
+            let mut pkt = ReceiverPacket {
+                bytes: VecPacket(&mut bytes),
+                rcv_nxt,
+            };
             let admit = segment::process(
                 &mut t,
                 seq,
-                bytes.len() as u32,
-                &mut VecPacket(&mut bytes),
+                pkt.bytes.0.len() as u32,
+                &mut pkt,
                 &mut env,
                 1 << 16,
             );
@@ -488,13 +516,17 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
             }
             admit
         };
+        // The stack reads nothing of a copy before the first byte it lacks: only the rest is
+        // checked.
+        let from = first_missing.clamp(start, end);
+        let used = (from, bytes[from - start..].to_vec());
         match admit {
             Admit::Drop => {
                 dropped += 1;
                 continue;
             }
-            Admit::Track { miss: true } => missed.push((start, bytes.clone())),
-            Admit::Pass | Admit::Track { miss: false } => copies.push((start, bytes.clone())),
+            Admit::Track { miss: true } => missed.push(used),
+            Admit::Pass | Admit::Track { miss: false } => copies.push(used),
         }
         if seg.dropped_after {
             continue;
