@@ -217,8 +217,9 @@ counters! {
     untracked,
     /// NIDs decided on their first bytes that the whole NID contradicted.
     conflicts,
-    /// Segments overlapping a stretch whose patches the history forgot (a patch could have
-    /// applied there), passed with what it still knows. 0 where nothing is ever rewritten.
+    /// Segments overlapping a stretch whose patches the history forgot before the client had
+    /// received it (a patch could have applied there), passed with what it still knows. 0
+    /// where nothing is ever rewritten.
     history_misses,
     /// Connections followed from their handshake.
     flows_opened,

@@ -441,3 +441,16 @@ pub fn check_intact(
     }
     Ok(())
 }
+
+/// Asserts what lnat's counters `c` say after a run in which every connection was followed
+/// from its handshake and nothing went wrong: `flows` opened, `rewritten` NIDs, one external
+/// NID learned, and no stream given up, no conflict, no untracked segment, no history miss.
+/// `what` names the run in a failure.
+pub fn assert_clean_run(c: &serde_json::Value, flows: u64, rewritten: u64, what: &str) {
+    assert_eq!(c["flows_opened"].as_u64(), Some(flows), "{what}: {c}");
+    assert_eq!(c["rewritten"].as_u64(), Some(rewritten), "{what}: {c}");
+    assert_eq!(c["learned"], 1, "{what}: {c}");
+    for zero in ["desynced", "conflicts", "untracked", "history_misses"] {
+        assert_eq!(c[zero], 0, "{what}: {zero}: {c}");
+    }
+}
