@@ -210,6 +210,9 @@ counters! {
     learn_failed,
     /// Segments dropped because they start past a header not yet seen (TCP resends them).
     dropped_ooo,
+    /// Segments dropped because the patch history had no room for theirs without forgetting
+    /// patches the client had not yet received (TCP resends them once it has).
+    held,
     /// Connections given up as unfollowable and passed through from then on.
     desynced,
     /// Segments on an LNet port of a connection with no flow state, passed untouched: opened

@@ -14,7 +14,7 @@
 //! segment can fail exist here once.
 
 use crate::{
-    history::{Clip, PatchWalk, WalkStep},
+    history::{Clip, History, PatchWalk, RoomSearch, WalkStep},
     seq,
     tracker::{Admit, Desync, Env, Tracker},
 };
@@ -34,8 +34,9 @@ pub trait Packet {
     /// packet's data into one buffer up to the written offset) can do it once for all.
     fn patch(&mut self, clip: &Clip, reach: u32) -> bool;
     /// The receiving socket's next expected sequence number (`rcv_nxt`), if known: asked only
-    /// when the segment could fill the history, which then drops what the client already has
-    /// instead of forgetting it ([`crate::history::History::receive`]).
+    /// when the segment could fill the history. Runs wholly before it make way without loss
+    /// ([`crate::history::History::receive`]); a segment whose patches could only push out
+    /// ones the client still lacks is held back ([`Admit::Hold`]).
     fn received(&mut self) -> Option<u32> {
         None
     }
@@ -97,6 +98,10 @@ pub enum Outcome {
     Unreadable = 1,
     /// The step budget ran out first: the stream is given up ([`Desync::Overrun`]).
     Overrun = 2,
+    /// The history has no room for the patches the segment may bring without forgetting ones
+    /// the client still lacks: the segment is to be dropped, for TCP to resend once the client
+    /// has caught up. Nothing of the stream changed.
+    Held = 3,
 }
 
 /// The phases of a segment, in order; `LOAD`, `PROGRESS` and `PATCH` repeat per window.
@@ -112,6 +117,9 @@ const PROGRESS: u8 = 2;
 /// Apply the patches it decided, one per step.
 const PATCH: u8 = 3;
 const DONE: u8 = 4;
+/// Before everything, when the history is full and the client lacks some of its bytes: count
+/// the room left without loss ([`RoomSearch`]), and hold the segment if it is too little.
+const ROOM: u8 = 5;
 
 /// One segment's way through the history and the tracker, one step per call.
 ///
@@ -122,6 +130,8 @@ const DONE: u8 = 4;
 pub struct Driver {
     /// Where the history phase is.
     walk: PatchWalk,
+    /// Where the room phase is.
+    room: RoomSearch,
     seq: u32,
     len: u32,
     /// Steps left.
@@ -135,7 +145,8 @@ pub struct Driver {
     failed: u8,
     /// The next of the tracker's decided patches to apply.
     next_out: u8,
-    _pad: u8,
+    /// 1 when the room phase held the segment.
+    held: u8,
 }
 
 impl Driver {
@@ -150,12 +161,19 @@ impl Driver {
         pkt: &mut P,
     ) -> Admit {
         t.history.follow(t.cursor());
-        if t.history.wants_received(len)
+        // Room is counted only when the segment brings bytes past the cursor and the
+        // history could fill while the client lacks some of it.
+        let mut count_room = false;
+        if matches!(t.admit(seq, len), Admit::Track { .. })
+            && t.history.wants_received(len)
             && let Some(r) = pkt.received()
         {
             t.history.receive(r);
+            count_room = seq::after(seq.wrapping_add(len), t.cursor()) && !t.history.all_received();
         }
         let admit = t.admit(seq, len);
+        self.room = RoomSearch::new(&t.history);
+        self.held = 0;
         self.walk = PatchWalk::new(&t.history, seq, len);
         self.seq = seq;
         self.len = len;
@@ -165,11 +183,20 @@ impl Driver {
         self.failed = 0;
         self.next_out = 0;
         self.phase = match admit {
-            Admit::Track { .. } if t.history.reaches(seq) => HISTORY,
-            Admit::Track { .. } => LOAD,
-            Admit::Pass | Admit::Drop => DONE,
+            Admit::Track { .. } if count_room => ROOM,
+            Admit::Track { .. } => Self::first_phase(t, seq),
+            Admit::Pass | Admit::Drop | Admit::Hold => DONE,
         };
         admit
+    }
+
+    /// The phase a segment that is not held starts with.
+    fn first_phase(t: &Tracker, seq: u32) -> u8 {
+        if t.history.reaches(seq) {
+            HISTORY
+        } else {
+            LOAD
+        }
     }
 
     /// Makes one step; true while more are needed.
@@ -179,6 +206,17 @@ impl Driver {
         }
         self.budget -= 1;
         let step = match self.phase {
+            ROOM => match self.room.step(&t.history) {
+                None => Step::More,
+                Some(room) if room < History::need(self.len) => {
+                    self.held = 1;
+                    Step::Done
+                }
+                Some(_) => {
+                    self.phase = Self::first_phase(t, self.seq);
+                    Step::More
+                }
+            },
             HISTORY => match history_step(t, &mut self.walk, pkt) {
                 Step::Done => {
                     self.phase = LOAD;
@@ -249,13 +287,15 @@ impl Driver {
     /// all-or-nothing per NID: a NID's bytes in one packet are one write, made or not.
     pub fn finish<E: Env>(&mut self, t: &mut Tracker, env: &mut E) -> Outcome {
         let parsing = matches!(self.phase, LOAD | PROGRESS | PATCH);
-        let unfinished = self.phase == HISTORY
+        let unfinished = matches!(self.phase, ROOM | HISTORY)
             || (parsing
                 && !t.desynced()
                 && (self.phase != LOAD
                     || seq::before(t.cursor(), self.seq.wrapping_add(self.len))));
         self.phase = DONE;
-        if self.failed != 0 {
+        if self.held != 0 {
+            Outcome::Held
+        } else if self.failed != 0 {
             t.desync(Desync::Unreadable, env);
             Outcome::Unreadable
         } else if unfinished {
@@ -268,7 +308,8 @@ impl Driver {
 }
 
 /// Rewrites a whole segment with at most `budget` steps: [`Driver`]'s three calls, as the
-/// datapath makes them, with a plain loop where it has `bpf_loop`. Returns what `start` said.
+/// datapath makes them, with a plain loop where it has `bpf_loop`. Returns what `start` said,
+/// or [`Admit::Hold`] when the segment was held ([`Outcome::Held`]).
 pub fn process<P: Packet, E: Env>(
     t: &mut Tracker,
     seq: u32,
@@ -280,6 +321,8 @@ pub fn process<P: Packet, E: Env>(
     let mut d = Driver::default();
     let admit = d.start(t, seq, len, budget, pkt);
     while d.step(t, pkt, env) {}
-    d.finish(t, env);
-    admit
+    match d.finish(t, env) {
+        Outcome::Held => Admit::Hold,
+        _ => admit,
+    }
 }

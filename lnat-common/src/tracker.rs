@@ -129,6 +129,9 @@ pub enum Admit {
     Pass,
     /// The segment starts beyond the next unparsed byte: its headers cannot be found.
     Drop,
+    /// Held back ([`crate::segment::Outcome::Held`]): what [`crate::segment::process`] says
+    /// of a segment it did not rewrite because the history had no room for its patches.
+    Hold,
     /// Rewrite it (history first, then parse from the cursor); `miss` when it overlaps the
     /// stretch whose patches the history forgot.
     Track {

@@ -340,13 +340,14 @@ fn protos() -> impl Strategy<Value = (Proto, Endian)> {
 }
 
 fn weather() -> impl Strategy<Value = Weather> {
-    (1usize..300, 0u64..8, 0u64..10, 0u64..15, 0u64..50).prop_map(
-        |(max_seg, loss, drop_after, dup, coalesce)| Weather {
+    (1usize..300, 0u64..8, 0u64..10, 0u64..15, 0u64..50, 2u64..30).prop_map(
+        |(max_seg, loss, drop_after, dup, coalesce, recovery)| Weather {
             max_seg,
             loss,
             drop_after,
             dup,
             coalesce,
+            recovery,
         },
     )
 }
@@ -438,11 +439,12 @@ proptest! {
 /// Long streams of small varied messages, cut into segments that split NIDs anywhere,
 /// duplicated, lost and dropped after the datapath: every copy of every NID, those the history
 /// missed too, carries all of its rewrite or none of it. Without the socket's rcv_nxt the
-/// history is outgrown; with it, it holds what may still be delivered and misses nothing.
+/// history is outgrown; with it, new bytes are held back while the history is full of patches
+/// the receiver lacks, so it holds what may still be delivered and misses nothing.
 #[test]
 fn every_copy_of_a_nid_is_rewritten_whole_or_not_at_all() {
     let c = cast();
-    let (mut missed, mut missed_seeing) = (0, 0);
+    let (mut missed, mut missed_seeing, mut held) = (0, 0, 0);
     for seed in 0..40u64 {
         let mut rng = Rng::new(seed);
         let mut spec = lnat_testkit::random_stream(
@@ -470,6 +472,7 @@ fn every_copy_of_a_nid_is_rewritten_whole_or_not_at_all() {
             drop_after: 5 + rng.below(10),
             dup: 5 + rng.below(20),
             coalesce: rng.below(50),
+            recovery: 1 + rng.below(15),
         };
         let hint = hint_of(&env);
         // Half the seeds without the socket's rcv_nxt, so that the history is outgrown.
@@ -489,8 +492,10 @@ fn every_copy_of_a_nid_is_rewritten_whole_or_not_at_all() {
         assert_eq!(copies_agree_at(&d, &want.bytes), None, "seed {seed}");
         if seed % 2 == 1 {
             missed_seeing += d.missed.len();
+            held += d.held;
         } else {
             missed += d.missed.len();
+            assert_eq!(d.held, 0, "seed {seed}: held without the socket's rcv_nxt");
         }
     }
     assert!(
@@ -501,6 +506,7 @@ fn every_copy_of_a_nid_is_rewritten_whole_or_not_at_all() {
         missed_seeing, 0,
         "with the receiver's rcv_nxt, the history holds what may still be delivered"
     );
+    assert!(held > 0, "no segment was held: the history never filled");
 }
 
 fn copies_agree_at(d: &lnat_testkit::Delivered, want: &[u8]) -> Option<usize> {
@@ -552,6 +558,7 @@ fn segments_inside_payloads_pass_on_the_quiet_window() {
         drop_after: 3,
         dup: 10,
         coalesce: 20,
+        recovery: 15,
     };
     let mut quiet = 0;
     for seed in 0..300 {

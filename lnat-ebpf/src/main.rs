@@ -20,7 +20,7 @@ use lnat_common::{
     flow::{self, Event},
     maps::{FlowState, SegmentInfo, Work},
     quiet::Quiet,
-    segment::MAX_STEPS,
+    segment::{MAX_STEPS, Outcome},
     tracker::{Admit, Desync},
 };
 
@@ -129,7 +129,8 @@ fn rewrite_owned(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> i32 
         (*work).pulled = 0;
     }
     match start(ctx, work, flow) {
-        Admit::Pass => return PASS,
+        // `start` never holds: the room phase does, in the loop below.
+        Admit::Pass | Admit::Hold => return PASS,
         Admit::Drop => {
             maps::count(|c| c.dropped_ooo += 1);
             return DROP;
@@ -159,7 +160,11 @@ fn rewrite_owned(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> i32 
         );
     }
     // SAFETY: as above.
-    unsafe { (*work).driver.finish(&mut (*flow).tracker, &mut job.env) };
+    let outcome = unsafe { (*work).driver.finish(&mut (*flow).tracker, &mut job.env) };
+    if outcome == Outcome::Held {
+        maps::count(|c| c.held += 1);
+        return DROP;
+    }
     job.env.finish();
     // SAFETY: as above.
     let (key, quiet) = unsafe { ((*work).seg.key, Quiet::of(&(*flow).tracker)) };

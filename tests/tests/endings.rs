@@ -78,7 +78,18 @@ fn ending(tag: &str, end: &str, opts: TopoOpts) {
         &t,
         puts,
         "small",
-        &["--conns", &conns, "--noop-every", "7", "--end", end],
+        // Waiting as long as the clients may take: a server giving up its hold closes with
+        // ACKs unread, which resets a connection still receiving on a slow, lossy network.
+        &[
+            "--conns",
+            &conns,
+            "--noop-every",
+            "7",
+            "--end",
+            end,
+            "--hold-secs",
+            "240",
+        ],
     )
     .expect("server");
     t.server()
@@ -136,8 +147,13 @@ fn ending(tag: &str, end: &str, opts: TopoOpts) {
         assert_eq!(t.client_n(i).nstat("TcpInCsumErrors").expect("nstat"), 0);
         println!(
             "RESULT {tag} client {i}: {per} connections x {puts} PUTs intact in {took:.1?}; \
-             closing={} dropped_ooo={} history_misses={} segments={} quiet={}",
-            c["closing"], c["dropped_ooo"], c["history_misses"], c["segments"], c["quiet"]
+             closing={} dropped_ooo={} held={} history_misses={} segments={} quiet={}",
+            c["closing"],
+            c["dropped_ooo"],
+            c["held"],
+            c["history_misses"],
+            c["segments"],
+            c["quiet"]
         );
     }
     if opts.impair.is_some() {

@@ -357,6 +357,9 @@ pub struct Weather {
     pub dup: u64,
     /// Resend of lost data coalesced with what follows.
     pub coalesce: u64,
+    /// Chance each round that the sender resends from the first byte the receiver lacks
+    /// (15 is a quick recovery; lower leaves holes open longer, with more sent past them).
+    pub recovery: u64,
 }
 
 /// What a delivery produced.
@@ -373,6 +376,8 @@ pub struct Delivered {
     pub missed: Vec<(usize, Vec<u8>)>,
     /// Copies the datapath dropped as out of order.
     pub dropped: usize,
+    /// Copies the datapath held back for want of room in the history.
+    pub held: usize,
     /// Copies passed on a published quiet window alone, as the datapath passes them without
     /// the tracker; the window read is the newest or, as another CPU might see it, an older one.
     pub quiet: usize,
@@ -434,6 +439,7 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
     let mut received = vec![0u8; n];
     let mut copies = Vec::new();
     let mut dropped = 0;
+    let mut held = 0;
     let mut missed = Vec::new();
     let mut quiet = 0;
     let mut windows = vec![Quiet::NONE];
@@ -445,7 +451,7 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
         rounds += 1;
         assert!(rounds < 200_000, "delivery does not converge");
         let first_missing = have.iter().position(|h| !h).unwrap_or(n);
-        let (start, end) = if next_new < n && !rng.chance(15) {
+        let (start, end) = if next_new < n && !rng.chance(w.recovery) {
             // New data, or a duplicate of something earlier.
             if next_new > 0 && rng.chance(w.dup) {
                 let a = rng.below(next_new as u64) as usize;
@@ -525,6 +531,10 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
                 dropped += 1;
                 continue;
             }
+            Admit::Hold => {
+                held += 1;
+                continue;
+            }
             Admit::Track { miss: true } => missed.push(used),
             Admit::Pass | Admit::Track { miss: false } => copies.push(used),
         }
@@ -542,6 +552,7 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
         received,
         copies,
         dropped,
+        held,
         missed,
         quiet,
         env,
