@@ -58,12 +58,15 @@ fn zeros(mut r: u32, n: usize) -> u32 {
     r
 }
 
-/// The gaps socklnd layouts have between a NID's address and dest_pid: nid4 from an
-/// other-endian peer, nid4, and nid16.
-pub const GAPS: [u32; 3] = [8, 12, 32];
+/// The gaps between a changed word and the word that cancels it: in an LNet header, from a
+/// NID's address to dest_pid (nid4 from an other-endian peer, nid4, nid16); in ping information,
+/// from an entry's address to its `ns_msg_size` (big-endian sender) and from `pi_features` to
+/// the first NI entry's `ns_msg_size` (see [`crate::ping`]).
+pub const GAPS: [u32; 5] = [8, 12, 32, 4, 36];
 
-/// The dest_pid XOR that cancels `addr_xor` (the four address-byte XORs, as a little-endian word
-/// of wire bytes) when `gap` unchanged bytes (one of [`GAPS`]) separate the address from dest_pid.
+/// The XOR that cancels `addr_xor` (a changed word's four byte XORs, as a little-endian word of
+/// wire bytes) when `gap` unchanged bytes (one of [`GAPS`]; another counts as the last) separate
+/// it from the compensating word.
 ///
 /// Returned as a little-endian word of wire bytes, like `addr_xor`: the register after the
 /// address XOR (four bytes) and the gap, run from zero. Table steps with constant trip counts
@@ -73,8 +76,12 @@ pub fn cancel_word(addr_xor: u32, gap: u32) -> u32 {
         zeros(addr_xor, 4 + GAPS[0] as usize)
     } else if gap == GAPS[1] {
         zeros(addr_xor, 4 + GAPS[1] as usize)
-    } else {
+    } else if gap == GAPS[2] {
         zeros(addr_xor, 4 + GAPS[2] as usize)
+    } else if gap == GAPS[3] {
+        zeros(addr_xor, 4 + GAPS[3] as usize)
+    } else {
+        zeros(addr_xor, 4 + GAPS[4] as usize)
     }
 }
 
@@ -101,7 +108,14 @@ mod tests {
         for (i, b) in msg.iter_mut().enumerate() {
             *b = (i as u8).wrapping_mul(37).wrapping_add(11);
         }
-        for (addr_at, pid_at) in [(24usize, 40usize), (28, 40), (28, 64)] {
+        // Every gap of GAPS: header NIDs to dest_pid, ping entries and features to msg_size.
+        for (addr_at, pid_at) in [
+            (24usize, 40usize),
+            (28, 40),
+            (28, 64),
+            (100, 108),
+            (100, 140),
+        ] {
             for xor in [0x0000_0001u32, 0xdead_beef, 0x8000_0000, 0x00ff_ff00] {
                 let before = crc32_le(!0, &msg);
                 let mut m = msg;

@@ -14,6 +14,7 @@ pub mod flow;
 pub mod history;
 pub mod maps;
 pub mod nid;
+pub mod ping;
 pub mod quiet;
 pub mod segment;
 pub mod seq;

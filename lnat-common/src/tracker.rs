@@ -15,6 +15,13 @@
 //! reports a conflict if the complete NID later disagrees. Only the four address bytes ever
 //! change: the local NID is the flow's own address on the same LNet net.
 //!
+//! A tracker follows one [`Direction`]. From the peer (ingress) it rewrites the NIDs that name
+//! this host by an external NID, as above. To the peer (egress) it rewrites only what this host
+//! says of itself in a discovery push (ping information, [`crate::ping`]): its own NID becomes
+//! the external one, and the DISCOVERY feature is cleared, so that a server behind which this
+//! host is a NATed userspace peer takes it as discovered without pushing back
+//! (docs/discovery.md).
+//!
 //! Decisions leave the tracker as [`Patch`]es: recorded in the flow's [`History`] for copies of
 //! the segment that come again, and returned from [`Tracker::advance`] for the segment in hand.
 
@@ -22,12 +29,13 @@ use crate::{
     crc,
     history::{History, Patch},
     nid::{Nid, NidForm},
-    seq,
+    ping, seq,
     wire::{self, Endian, Proto},
 };
 
-/// Longest unit prefix the tracker buffers: a V4 LNet message up to payload_length.
-pub const PREFIX_MAX: usize = 80;
+/// Longest unit prefix the tracker buffers: a whole V4 LNet message header (ksock header and
+/// nid16 LNet header), which egress reads to its portal and match bits.
+pub const PREFIX_MAX: usize = 120;
 
 /// Which side opened the connection, seen from the host lnat runs on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -37,6 +45,16 @@ pub enum Role {
     Active = 1,
     /// The peer connected to our acceptor: the stream opens with a connection request.
     Passive = 2,
+}
+
+/// Which way a followed stream flows, seen from the host lnat runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Direction {
+    /// From the peer (TC ingress): NIDs naming this host by an external NID are made its own.
+    In = 1,
+    /// To the peer (TC egress): this host's own NIDs in its discovery pushes become external.
+    Out = 2,
 }
 
 /// Why a stream could no longer be followed.
@@ -103,6 +121,8 @@ pub enum Note {
     Rewrote,
     /// A V2 checksummed message got its dest_pid compensation.
     Compensated,
+    /// A discovery push's DISCOVERY feature bit was cleared.
+    Undiscovering,
     /// A NID decided on its first bytes turned out to want a different decision.
     Conflict,
     /// The stream can no longer be followed.
@@ -118,6 +138,11 @@ pub trait Env {
     /// An active HELLO named us `ext`; `local` is who we are. Called once the HELLO is complete,
     /// before the next unit is parsed, only when `ext` is not mapped yet.
     fn learn(&mut self, ext: Nid, local: Nid);
+    /// The NID the peer names this host by on this connection, if it is not the host's own:
+    /// what an outgoing stream's own NIDs become. Asked by [`Direction::Out`] trackers only.
+    fn external(&mut self) -> Option<Nid> {
+        None
+    }
     /// Something worth counting happened.
     fn note(&mut self, what: Note);
 }
@@ -143,6 +168,12 @@ pub enum Admit {
 const UNIT_CONNREQ: u8 = 0;
 const UNIT_HELLO: u8 = 1;
 const UNIT_MSG: u8 = 2;
+/// The fixed part of a push's ping information (egress).
+const UNIT_PING: u8 = 3;
+/// One NI entry of it (egress).
+const UNIT_PING_NI: u8 = 4;
+/// Prefix of an NI entry the tracker needs: its NID.
+const NI_NEED: usize = 8;
 
 /// The peer is other-endian.
 const F_FLIP: u8 = 1;
@@ -158,6 +189,8 @@ const F_PREFIX: u8 = 16;
 const F_DESYNC: u8 = 32;
 /// The V2 dest_pid compensation for the current message has been emitted.
 const F_PID_DONE: u8 = 64;
+/// The message has a V2 checksum: kept across the units of its ping information.
+const F_CSUM: u8 = 128;
 
 /// Most patches one call to [`Tracker::advance`] can emit: an address part and a compensation.
 pub const OUT_MAX: usize = 2;
@@ -215,8 +248,19 @@ pub struct Tracker {
     pub desync: u8,
     /// Patches in `out` from the last `advance`.
     pub n_out: u8,
+    /// [`Direction`] of the stream.
+    pub dir: u8,
+    /// Index of the ping NI entry being parsed.
+    pub entry: u8,
+    /// Ping NI entries left, the current one included.
+    pub entries: u8,
     /// Keeps `out` aligned.
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
+    /// Payload bytes of the current message after the entries of its ping information.
+    pub rest: u32,
+    /// The checksum compensation for a cleared feature bit, owed to NI entry 1's
+    /// `ns_msg_size` (0: none).
+    pub comp: u32,
     /// Patches from the last `advance`, for the segment in hand.
     pub out: [Patch; OUT_MAX],
     /// The unit's prefix.
@@ -243,7 +287,12 @@ impl Tracker {
             emitted: 0,
             desync: 0,
             n_out: 0,
-            _pad: [0; 2],
+            dir: 0,
+            entry: 0,
+            entries: 0,
+            _pad: [0; 3],
+            rest: 0,
+            comp: 0,
             out: [Patch {
                 pos: 0,
                 xor: [0; 4],
@@ -255,20 +304,50 @@ impl Tracker {
         t
     }
 
+    /// A tracker for the stream this host sends on a connection opened by `role`'s side.
+    pub const fn outgoing(role: Role, start: u32, local: u32) -> Self {
+        let mut t = Self::new(role, start, local, Nid(0));
+        t.reset_outgoing(role, start, local);
+        t
+    }
+
     /// Starts a new stream in place, as `new` would, without building a tracker elsewhere: a
     /// tracker is larger than the eBPF stack. The buffer and history slots are left as they are;
     /// nothing reads them before writing them.
     pub const fn reset(&mut self, role: Role, start: u32, local: u32, hint: Nid) {
+        self.start_stream(role, Direction::In, start, local, hint);
+    }
+
+    /// Starts, in place, the stream this host sends, as `outgoing` would.
+    pub const fn reset_outgoing(&mut self, role: Role, start: u32, local: u32) {
+        self.start_stream(role, Direction::Out, start, local, Nid(0));
+    }
+
+    #[inline(always)]
+    const fn start_stream(
+        &mut self,
+        role: Role,
+        dir: Direction,
+        start: u32,
+        local: u32,
+        hint: Nid,
+    ) {
         self.unit_seq = start;
         self.local = local;
         self.hint = hint.0;
         self.target = 0;
         self.have = 0;
         self.need = 8;
-        self.unit = match role {
-            Role::Active => UNIT_HELLO,
-            Role::Passive => UNIT_CONNREQ,
+        // The side that connects sends the acceptor request first.
+        self.unit = match (role, dir) {
+            (Role::Active, Direction::In) | (Role::Passive, Direction::Out) => UNIT_HELLO,
+            (Role::Passive, Direction::In) | (Role::Active, Direction::Out) => UNIT_CONNREQ,
         };
+        self.dir = dir as u8;
+        self.entry = 0;
+        self.entries = 0;
+        self.rest = 0;
+        self.comp = 0;
         self.proto = 0;
         self.flags = 0;
         self.role = role as u8;
@@ -418,6 +497,9 @@ impl Tracker {
             return;
         }
         let Some(field) = self.nid_field() else {
+            if self.unit == UNIT_PING {
+                self.ping_features(env);
+            }
             if self.have == self.need {
                 self.finish(None, env);
             }
@@ -485,17 +567,14 @@ impl Tracker {
             }
             _ => {
                 if self.proto() == Proto::V1 {
-                    self.need = (wire::LnetHdrLayout::NID4.payload_length + 4) as u8;
+                    self.need = self.lnet_need();
                 } else {
                     if have < 4 {
                         return;
                     }
                     match self.rd32(wire::ksock::TYPE) {
                         wire::MSG_NOOP => self.need = wire::ksock::LEN as u8,
-                        wire::MSG_LNET => {
-                            let hdr = self.proto().lnet_hdr();
-                            self.need = (wire::ksock::LEN + hdr.payload_length + 4) as u8;
-                        }
+                        wire::MSG_LNET => self.need = self.lnet_need(),
                         _ => {
                             self.desync(Desync::BadType, env);
                             return;
@@ -512,9 +591,35 @@ impl Tracker {
         proto.hello_form(self.flags & F_FLIP != 0)
     }
 
+    /// The prefix an LNet message needs: up to payload_length from the peer, the whole header
+    /// to the peer (whose portal and match bits tell a push).
+    fn lnet_need(&self) -> u8 {
+        let proto = self.proto();
+        let hdr = proto.lnet_hdr();
+        let ks = proto.ksock_len();
+        if self.dir == Direction::Out as u8 {
+            (ks + hdr.len) as u8
+        } else {
+            (ks + hdr.payload_length + 4) as u8
+        }
+    }
+
     /// The NID field of the current (probed) unit, if it has one.
     fn nid_field(&self) -> Option<NidField> {
         let form = self.form();
+        if self.dir == Direction::Out as u8 {
+            // Outgoing, only this host's own NIDs in ping information change.
+            return (self.unit == UNIT_PING_NI).then_some(NidField {
+                off: 0,
+                form,
+                pid_off: if self.flags & F_CSUM != 0 {
+                    ping::NI_MSG_SIZE as u8
+                } else {
+                    0
+                },
+                learn: false,
+            });
+        }
         match self.unit {
             UNIT_CONNREQ => Some(NidField {
                 off: wire::connreq::NID as u8,
@@ -557,6 +662,12 @@ impl Tracker {
     /// The address a complete NID becomes, if it is rewritten. (Four arguments at most: eBPF
     /// calls pass five registers and no stack.)
     fn full_target<E: Env>(&self, nid: Nid, learn: bool, env: &mut E) -> Option<u32> {
+        if self.dir == Direction::Out as u8 {
+            return self
+                .external(env)
+                .filter(|ext| ext.with_addr(self.local) == nid)
+                .map(|ext| ext.addr());
+        }
         let mapped = env
             .mapping(nid)
             .map(|a| if a == 0 { self.local } else { a });
@@ -623,7 +734,13 @@ impl Tracker {
             // Bytes in stream order, not a number: the CRC runs over bytes, so the XOR holds
             // in either byte order (dest_pid itself is LE, like the whole LNet header).
             let gap = (field.pid_off() - addr_at - 4) as u32;
-            let pid_xor = crc::cancel_word(u32::from_le_bytes(full), gap);
+            // The first ping entry's word also carries what a cleared feature bit owes.
+            let owed = if self.unit == UNIT_PING_NI && self.entry == 1 {
+                core::mem::take(&mut self.comp)
+            } else {
+                0
+            };
+            let pid_xor = crc::cancel_word(u32::from_le_bytes(full), gap) ^ owed;
             self.emit(
                 Patch {
                     pos: self.unit_seq.wrapping_add(field.pid_off() as u32),
@@ -643,12 +760,17 @@ impl Tracker {
         let target = if known >= len {
             self.nid_of(field)
                 .and_then(|n| self.full_target(n, field.learn, env))
+        } else if self.dir == Direction::Out as u8 {
+            self.flags |= F_PREFIX;
+            self.external(env)
+                .filter(|ext| self.prefix_matches(field, known, ext.with_addr(self.local)))
+                .map(|ext| ext.addr())
         } else {
             self.flags |= F_PREFIX;
             if field.learn && env.learning() {
                 // The HELLO names us: whatever the address, it becomes ours.
                 Some(self.local)
-            } else if self.hint != 0 && self.hint_matches(field, known) {
+            } else if self.hint != 0 && self.prefix_matches(field, known, Nid(self.hint)) {
                 let hint = Nid(self.hint);
                 env.mapping(hint)
                     .map(|a| if a == 0 { self.local } else { a })
@@ -662,6 +784,12 @@ impl Tracker {
         }
     }
 
+    /// The external NID this host's own NIDs become on the way out: the peer's name for it on
+    /// this connection's net, when that is not its own address.
+    fn external<E: Env>(&self, env: &mut E) -> Option<Nid> {
+        env.external().filter(|ext| ext.addr() != self.local)
+    }
+
     /// The prefix byte at `i`, counted round the buffer (`i` is below `2 * PREFIX_MAX`).
     ///
     /// A conditional subtraction, not `%`: a variable `%` compiles to a division, whose result
@@ -671,13 +799,13 @@ impl Tracker {
         self.buf.get(i).copied().unwrap_or(0)
     }
 
-    /// True when the first `known` bytes of the field are the hint's.
+    /// True when the first `known` bytes of the field are `nid`'s.
     ///
     /// `known` passes a compiler barrier before it is bounded: the compiler knows it is below
     /// the field's length and would drop the `nid::LARGE_NID_LEN` bound, which older verifiers
-    /// (Linux 6.1), not knowing it, need to end the loop inside the hint.
-    fn hint_matches(&self, field: NidField, known: usize) -> bool {
-        let hint = field.form.wire(Nid(self.hint));
+    /// (Linux 6.1), not knowing it, need to end the loop inside the NID.
+    fn prefix_matches(&self, field: NidField, known: usize, nid: Nid) -> bool {
+        let hint = field.form.wire(nid);
         let known = core::hint::black_box(known).min(crate::nid::LARGE_NID_LEN);
         let mut i = 0;
         while i < known {
@@ -751,7 +879,7 @@ impl Tracker {
                 }
                 layout.fixed as u32 + 4 * count
             }
-            _ => {
+            UNIT_MSG => {
                 let proto = self.proto();
                 let ks = proto.ksock_len();
                 if proto != Proto::V1 && self.need as usize == wire::ksock::LEN {
@@ -770,11 +898,174 @@ impl Tracker {
                         self.desync(Desync::TooLong, env);
                         return;
                     }
+                    if self.is_push(payload) {
+                        if proto != Proto::V1 && self.rd32(wire::ksock::CSUM) != 0 {
+                            self.flags |= F_CSUM;
+                        }
+                        self.rest = payload - ping::HEAD_LEN as u32;
+                        self.next_part(UNIT_PING, (ks + hdr.len) as u32, ping::HEAD_LEN);
+                        return;
+                    }
                     (ks + hdr.len) as u32 + payload
                 }
             }
+            UNIT_PING => {
+                self.ping_head(env);
+                return;
+            }
+            _ => {
+                // UNIT_PING_NI: the next entry, or the rest of the payload.
+                if self.entry == 1 && self.comp != 0 {
+                    let owed = core::mem::take(&mut self.comp);
+                    self.emit(
+                        Patch {
+                            pos: self.unit_seq.wrapping_add(ping::NI_MSG_SIZE as u32),
+                            xor: owed.to_le_bytes(),
+                        },
+                        false,
+                    );
+                    env.note(Note::Compensated);
+                }
+                self.entry += 1;
+                self.entries -= 1;
+                if self.entries > 0 {
+                    self.next_part(UNIT_PING_NI, ping::NI_LEN as u32, NI_NEED);
+                    return;
+                }
+                ping::NI_LEN as u32 + self.rest
+            }
         };
         self.next_unit(UNIT_MSG, len);
+    }
+
+    /// True when the message just framed (to the peer) is a discovery push with room for ping
+    /// information naming at least one NID besides `0@lo`: a PUT to the reserved portal with
+    /// the ping match bits.
+    fn is_push(&self, payload: u32) -> bool {
+        if self.dir != Direction::Out as u8 || payload < (ping::HEAD_LEN + 2 * ping::NI_LEN) as u32
+        {
+            return false;
+        }
+        let proto = self.proto();
+        let at = proto.ksock_len() + proto.lnet_hdr().body;
+        let bits = self.rd32_lnet(at + wire::LnetHdrLayout::PUT_MATCH_BITS) as u64
+            | (self.rd32_lnet(at + wire::LnetHdrLayout::PUT_MATCH_BITS + 4) as u64) << 32;
+        self.rd32_lnet(proto.ksock_len() + proto.lnet_hdr().msg_type) == wire::LnetType::Put as u32
+            && self.rd32_lnet(at + wire::LnetHdrLayout::PUT_PTL_INDEX) == ping::PORTAL
+            && bits == ping::MATCH_BITS
+    }
+
+    /// The byte order of the ping information in `buf`, from its magic (`None`: not ping
+    /// information, or not enough of it yet).
+    fn ping_endian(&self) -> Option<Endian> {
+        if self.have < 4 {
+            return None;
+        }
+        let magic = Endian::Little.u32(&self.buf, ping::MAGIC_AT);
+        if magic == ping::MAGIC {
+            Some(Endian::Little)
+        } else if magic == ping::MAGIC.swap_bytes() {
+            Some(Endian::Big)
+        } else {
+            None
+        }
+    }
+
+    /// Clears the DISCOVERY feature of a push as soon as the byte that holds it is in hand (a
+    /// segment may end right after it), when this host is known to the peer by an external
+    /// NID and the features are a receiver's (`NI_STATUS`, a nid4 primary): the byte holds all
+    /// three bits in either order. A push that later turns out malformed is one the server
+    /// drops anyway (`peer.c:2719-2725`).
+    fn ping_features<E: Env>(&mut self, env: &mut E) {
+        if self.flags & F_DECIDED != 0 {
+            return;
+        }
+        let Some(endian) = self.ping_endian() else {
+            if self.have >= 4 {
+                self.flags |= F_DECIDED;
+            }
+            return;
+        };
+        let at = match endian {
+            Endian::Little => ping::FEATURES,
+            Endian::Big => ping::FEATURES + 3,
+        };
+        if (self.have as usize) <= at {
+            return;
+        }
+        self.flags |= F_DECIDED;
+        let features = self.prefix_byte(at) as u32;
+        if features & ping::feat::NI_STATUS == 0
+            || features & ping::feat::PRIMARY_LARGE != 0
+            || features & ping::feat::DISCOVERY == 0
+            || self.external(env).is_none()
+        {
+            return;
+        }
+        // The bit as wire bytes, a little-endian word like every patch.
+        let bit = ping::feat::DISCOVERY << (8 * (at - ping::FEATURES));
+        self.emit(
+            Patch {
+                pos: self.unit_seq.wrapping_add(ping::FEATURES as u32),
+                xor: bit.to_le_bytes(),
+            },
+            false,
+        );
+        env.note(Note::Undiscovering);
+        if self.flags & F_CSUM != 0 {
+            let gap = ping::HEAD_LEN + ping::NI_LEN + ping::NI_MSG_SIZE - ping::FEATURES - 4;
+            self.comp = crc::cancel_word(bit, gap as u32);
+        }
+    }
+
+    /// With the fixed part of a push's ping information in hand: goes on to its NI entries if
+    /// a receiver would take it (`lnet_ping_info_validate`, `api-ni.c:1981-1995`), else past the
+    /// payload, settling first what a cleared feature bit owes the checksum.
+    fn ping_head<E: Env>(&mut self, env: &mut E) {
+        let endian = self.ping_endian();
+        let nnis = endian.map_or(0, |e| e.u32(&self.buf, ping::NNIS));
+        let features = endian.map_or(0, |e| e.u32(&self.buf, ping::FEATURES));
+        let valid = features & ping::feat::NI_STATUS != 0
+            && features & ping::feat::PRIMARY_LARGE == 0
+            && (2..=ping::MAX_NIS).contains(&nnis)
+            && nnis * ping::NI_LEN as u32 <= self.rest;
+        let Some(endian) = endian.filter(|_| valid) else {
+            if self.comp != 0 {
+                // Entry 1's ns_msg_size lies within any push's payload (`is_push`).
+                let at = ping::HEAD_LEN + ping::NI_LEN + ping::NI_MSG_SIZE;
+                let owed = core::mem::take(&mut self.comp);
+                self.emit(
+                    Patch {
+                        pos: self.unit_seq.wrapping_add(at as u32),
+                        xor: owed.to_le_bytes(),
+                    },
+                    false,
+                );
+                env.note(Note::Compensated);
+            }
+            self.next_unit(UNIT_MSG, ping::HEAD_LEN as u32 + self.rest);
+            return;
+        };
+        self.form = match endian {
+            Endian::Little => NidForm::Le,
+            Endian::Big => NidForm::Be,
+        } as u8;
+        self.entry = 0;
+        self.entries = nnis as u8;
+        self.rest -= nnis * ping::NI_LEN as u32;
+        self.next_part(UNIT_PING_NI, ping::HEAD_LEN as u32, NI_NEED);
+    }
+
+    /// Moves `len` bytes on to the next part of the same message, which needs `need` bytes of
+    /// prefix and no probe.
+    fn next_part(&mut self, unit: u8, len: u32, need: usize) {
+        self.unit_seq = self.unit_seq.wrapping_add(len);
+        self.unit = unit;
+        self.have = 0;
+        self.flags = (self.flags & (F_FLIP | F_CSUM)) | F_PROBED;
+        self.emitted = 0;
+        self.target = 0;
+        self.need = need as u8;
     }
 
     fn next_unit(&mut self, unit: u8, len: u32) {
@@ -785,9 +1076,7 @@ impl Tracker {
         self.emitted = 0;
         self.target = 0;
         self.need = match unit {
-            UNIT_MSG if self.proto() == Proto::V1 => {
-                (wire::LnetHdrLayout::NID4.payload_length + 4) as u8
-            }
+            UNIT_MSG if self.proto() == Proto::V1 => self.lnet_need(),
             UNIT_MSG => 4,
             _ => 8,
         };

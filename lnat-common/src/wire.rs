@@ -207,6 +207,10 @@ impl LnetHdrLayout {
     };
     /// Length of the type-specific union, the same in both forms.
     pub const BODY_LEN: usize = 40;
+    /// Offset of a PUT's match bits (u64) in the union, after `ack_wmd`.
+    pub const PUT_MATCH_BITS: usize = 16;
+    /// Offset of a PUT's portal index in the union, after the match bits and `hdr_data`.
+    pub const PUT_PTL_INDEX: usize = 32;
 }
 
 /// The acceptor connection request (`struct lnet_acceptor_connreq`, V1 and V2).

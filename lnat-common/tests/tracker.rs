@@ -4,7 +4,7 @@
 use lnat_common::{
     nid::Nid,
     segment,
-    tracker::{Admit, Desync, Note, Role, Tracker},
+    tracker::{Admit, Desync, Direction, Note, Role, Tracker},
     wire::{Endian, Proto},
 };
 use lnat_testkit::{Cast, MapEnv, Receiver, Rng, Unit, VecPacket, Weather};
@@ -379,7 +379,7 @@ proptest! {
         let want = lnat_testkit::expected(&stream, role, LOCAL, &env);
         prop_assert_eq!(want.desync_at, None);
         let hint = hint_of(&env);
-        let rx = Receiver { role, local: LOCAL, env, hint, socket: rng.chance(50) };
+        let rx = Receiver { role, local: LOCAL, env, hint, socket: rng.chance(50), dir: Direction::In };
         let d = lnat_testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
         prop_assert!(d.received == want.bytes, "received bytes differ from the reference");
         prop_assert_eq!(copies_agree_at(&d, &want.bytes), None);
@@ -408,7 +408,7 @@ proptest! {
         let stream = spec.bytes();
         let env = MapEnv { learn: true, ..MapEnv::default() };
         let want = lnat_testkit::expected(&stream, Role::Active, LOCAL, &env);
-        let rx = Receiver { role: Role::Active, local: LOCAL, env, hint: Nid(0), socket: rng.chance(50) };
+        let rx = Receiver { role: Role::Active, local: LOCAL, env, hint: Nid(0), socket: rng.chance(50), dir: Direction::In };
         let d = lnat_testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
         prop_assert!(!d.tracker.desynced());
         prop_assert_eq!(d.tracker.cursor(), d.tracker.unit_seq);
@@ -482,6 +482,7 @@ fn every_copy_of_a_nid_is_rewritten_whole_or_not_at_all() {
             env,
             hint,
             socket: seed % 2 == 1,
+            dir: Direction::In,
         };
         let d = lnat_testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
         assert_eq!(
@@ -589,6 +590,7 @@ fn segments_inside_payloads_pass_on_the_quiet_window() {
             env,
             hint,
             socket: seed % 2 == 0,
+            dir: Direction::In,
         };
         let d = lnat_testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
         assert!(

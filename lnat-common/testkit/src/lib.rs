@@ -17,7 +17,7 @@ use lnat_common::{
     nid::Nid,
     quiet::Quiet,
     segment::{self, Packet},
-    tracker::{Admit, Env, Note, Role, Tracker},
+    tracker::{Admit, Direction, Env, Note, Role, Tracker},
     wire::{self, Connreq, Endian, Hello, KsockHdr, LnetHdr, LnetType, Proto},
 };
 
@@ -34,6 +34,8 @@ pub struct MapEnv {
     pub learned: Vec<Nid>,
     /// Everything noted, in order.
     pub notes: Vec<Note>,
+    /// The NID the peer names this host by, for an outgoing stream's own NIDs.
+    pub external: Option<Nid>,
 }
 
 impl MapEnv {
@@ -56,6 +58,9 @@ impl Env for MapEnv {
     }
     fn note(&mut self, what: Note) {
         self.notes.push(what);
+    }
+    fn external(&mut self) -> Option<Nid> {
+        self.external
     }
 }
 
@@ -402,6 +407,10 @@ pub struct Receiver {
     /// Whether the datapath can read the receiving socket's `rcv_nxt`, as the kernel's can
     /// for a live socket; without it the history keeps every patch it has room for.
     pub socket: bool,
+    /// Where the datapath follows the stream: on the receiving host ([`Direction::In`]) or, for
+    /// the stream it sends, on the sending host ([`Direction::Out`]; `local` is then the
+    /// sender's address).
+    pub dir: Direction,
 }
 
 /// A segment's payload, with what the receiver has taken in so far.
@@ -431,8 +440,12 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
         env,
         hint,
         socket,
+        dir,
     } = rx;
-    let mut t = std::boxed::Box::new(Tracker::new(role, isn, local, hint));
+    let mut t = std::boxed::Box::new(match dir {
+        Direction::In => Tracker::new(role, isn, local, hint),
+        Direction::Out => Tracker::outgoing(role, isn, local),
+    });
     let mut env = env;
     let n = stream.len();
     let mut have = vec![false; n];
