@@ -17,17 +17,15 @@
 
 use crate::seq;
 
-/// Runs kept per flow. 256 runs of 12 bytes: the patches of a 64 KiB packet of 260-byte
-/// messages of varied sizes fit, and at the default flow-table size the maps stay within the
-/// 16 MiB budget (README, Benchmarks).
+/// Runs kept per flow of the server's stream. 256 runs of 12 bytes: the patches of a 64 KiB
+/// packet of 260-byte messages of varied sizes fit, and at the default flow-table size the maps
+/// stay within the 16 MiB budget (README, Benchmarks).
 pub const RUNS: usize = 256;
-const MASK: usize = RUNS - 1;
 /// How far behind the cursor the history's marks may trail: the largest TCP receive window
 /// (65,535 << 14, just under 1 GiB). No segment from further back can be accepted by the
 /// receiver, and positions that far apart still compare correctly modulo 2^32; marks left older
 /// (a stream with nothing to rewrite for gigabytes) are brought up to it, see [`History::follow`].
 pub const SPAN: u32 = 1 << 30;
-const _: () = assert!(RUNS.is_power_of_two());
 /// The fewest payload bytes per recorded patch: a V2 message of 96 bytes (socklnd and LNet
 /// headers, no payload) brings two (its NID and the `dest_pid` that compensates its checksum).
 const BYTES_PER_PATCH: u32 = 48;
@@ -101,9 +99,9 @@ impl Run {
 /// by binary search.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct History {
+pub struct History<const N: usize = RUNS> {
     /// The runs, filled round-robin.
-    pub runs: [Run; RUNS],
+    pub runs: [Run; N],
     /// Slot the next new run goes to.
     pub next: u32,
     /// Slots in use.
@@ -120,7 +118,12 @@ pub struct History {
     pub received: u32,
 }
 
-impl History {
+impl<const N: usize> History<N> {
+    const MASK: usize = {
+        assert!(N.is_power_of_two());
+        N - 1
+    };
+
     /// An empty history for a stream whose first byte has sequence number `start`.
     pub const fn new(start: u32) -> Self {
         History {
@@ -129,7 +132,7 @@ impl History {
                 xor: [0; 4],
                 stride: 0,
                 count: 0,
-            }; RUNS],
+            }; N],
             next: 0,
             used: 0,
             lost: start,
@@ -151,20 +154,20 @@ impl History {
 
     /// The `k`th run from the oldest.
     const fn slot(&self, k: u32) -> usize {
-        self.next.wrapping_sub(self.used).wrapping_add(k) as usize & MASK
+        self.next.wrapping_sub(self.used).wrapping_add(k) as usize & Self::MASK
     }
 
     /// The most runs a segment of `len` bytes can add (every run a patch), capped at the
     /// history's size: a packet with more headers than that forgets some of its own.
     pub const fn need(len: u32) -> u32 {
         let n = len / BYTES_PER_PATCH + 2;
-        if n > RUNS as u32 { RUNS as u32 } else { n }
+        if n > N as u32 { N as u32 } else { n }
     }
 
     /// True when a segment of `len` bytes could fill the history: the datapath then reads the
     /// socket's `rcv_nxt` for [`History::receive`] (a lookup it spares other segments).
     pub const fn wants_received(&self, len: u32) -> bool {
-        self.used + Self::need(len) > RUNS as u32
+        self.used + Self::need(len) > N as u32
     }
 
     /// True when the client has every byte up to the newest patch: every run may make way.
@@ -204,9 +207,9 @@ impl History {
             }
             back += 1;
         }
-        let idx = self.next as usize & MASK;
+        let idx = self.next as usize & Self::MASK;
         if let Some(slot) = self.runs.get_mut(idx) {
-            if self.used as usize == RUNS {
+            if self.used as usize == N {
                 // The oldest run goes. Unless the client has it all, its stretch is recorded;
                 // runs are made in stream order, so the first one forgotten starts it.
                 if seq::after(slot.end(), self.received) {
@@ -225,7 +228,7 @@ impl History {
                 count: 1,
             };
         }
-        self.next = ((idx + 1) & MASK) as u32;
+        self.next = ((idx + 1) & Self::MASK) as u32;
     }
 
     /// Records `p`, the rest of a NID whose first bytes are the newest record, into that
@@ -297,7 +300,7 @@ pub struct RoomSearch {
 
 impl RoomSearch {
     /// A search over `h`'s runs.
-    pub const fn new(h: &History) -> Self {
+    pub const fn new<const N: usize>(h: &History<N>) -> Self {
         RoomSearch {
             lo: 0,
             hi: h.used.saturating_sub(2),
@@ -305,15 +308,15 @@ impl RoomSearch {
     }
 
     /// One halving; the room once the search is over.
-    pub fn step(&mut self, h: &History) -> Option<u32> {
+    pub fn step<const N: usize>(&mut self, h: &History<N>) -> Option<u32> {
         if h.all_received() {
-            return Some(RUNS as u32);
+            return Some(N as u32);
         }
         if self.lo >= self.hi {
-            return Some(RUNS as u32 - h.used + self.lo);
+            return Some(N as u32 - h.used + self.lo);
         }
         let mid = self.lo + (self.hi - self.lo) / 2;
-        let later = &h.runs[h.slot(mid + 2) & MASK];
+        let later = &h.runs[h.slot(mid + 2) & History::<N>::MASK];
         if seq::after(later.first.wrapping_add(4), h.received) {
             self.hi = mid;
         } else {
@@ -323,7 +326,7 @@ impl RoomSearch {
     }
 
     /// The room, stepping as far as needed (host code and tests).
-    pub fn run(mut self, h: &History) -> u32 {
+    pub fn run<const N: usize>(mut self, h: &History<N>) -> u32 {
         loop {
             if let Some(room) = self.step(h) {
                 return room;
@@ -409,7 +412,7 @@ pub enum WalkStep {
 
 impl PatchWalk {
     /// A walk over the patches of `h` overlapping `[seq, seq + len)`.
-    pub const fn new(h: &History, seq: u32, len: u32) -> Self {
+    pub const fn new<const N: usize>(h: &History<N>, seq: u32, len: u32) -> Self {
         PatchWalk {
             seq,
             len,
@@ -461,13 +464,13 @@ impl PatchWalk {
     }
 
     /// Advances by one comparison of the search, one member or one run.
-    pub fn step(&mut self, h: &History) -> WalkStep {
+    pub fn step<const N: usize>(&mut self, h: &History<N>) -> WalkStep {
         if self.walking == 0 {
             if self.lo < self.hi {
                 let mid = self.lo + (self.hi - self.lo) / 2;
                 // A mask on the very value used as the index, for the verifier: `slot` masks
                 // after arithmetic the compiler may fold.
-                let run = &h.runs[h.slot(mid) & MASK];
+                let run = &h.runs[h.slot(mid) & History::<N>::MASK];
                 if self.offset_in(run) > 3 {
                     self.lo = mid + 1;
                 } else {
@@ -483,7 +486,7 @@ impl PatchWalk {
             return self.enter(h);
         }
         if self.member < self.member_end {
-            let run = &h.runs[h.slot(self.run) & MASK];
+            let run = &h.runs[h.slot(self.run) & History::<N>::MASK];
             let pos = run
                 .first
                 .wrapping_add(self.member.wrapping_mul(run.stride as u32));
@@ -499,12 +502,12 @@ impl PatchWalk {
 
     /// Starts on run `self.run`, or ends the walk when there is none or it starts past the
     /// segment (every later run starts later still).
-    fn enter(&mut self, h: &History) -> WalkStep {
+    fn enter<const N: usize>(&mut self, h: &History<N>) -> WalkStep {
         if self.run >= h.used {
             self.member_end = 0;
             return WalkStep::Done;
         }
-        let run = &h.runs[h.slot(self.run) & MASK];
+        let run = &h.runs[h.slot(self.run) & History::<N>::MASK];
         if -self.offset_in(run) >= self.len as i64 {
             self.member_end = 0;
             return WalkStep::Done;
@@ -516,7 +519,7 @@ impl PatchWalk {
     }
 
     /// The next patch, stepping as far as needed (host code and tests).
-    pub fn next(&mut self, h: &History) -> Option<Clip> {
+    pub fn next<const N: usize>(&mut self, h: &History<N>) -> Option<Clip> {
         loop {
             match self.step(h) {
                 WalkStep::Patch(c) => return Some(c),
@@ -533,7 +536,7 @@ mod tests {
     use std::vec::Vec;
 
     /// Applies every patch overlapping the segment to a copy of it.
-    fn apply(h: &History, seq: u32, seg: &[u8]) -> Vec<u8> {
+    fn apply<const N: usize>(h: &History<N>, seq: u32, seg: &[u8]) -> Vec<u8> {
         let mut out = seg.to_vec();
         let mut walk = PatchWalk::new(h, seq, seg.len() as u32);
         while let Some(c) = walk.next(h) {
@@ -586,7 +589,7 @@ mod tests {
 
     #[test]
     fn equal_strides_merge_into_one_run() {
-        let mut h = History::new(0);
+        let mut h = History::<RUNS>::new(0);
         for i in 0..1000u32 {
             h.push(Patch {
                 pos: 24 + i * 96,
@@ -596,7 +599,7 @@ mod tests {
         assert_eq!(h.used, 1);
         assert_eq!(h.runs[0].count, 1000);
         // Alternating NID and dest_pid patches form two runs.
-        let mut h = History::new(0);
+        let mut h = History::<RUNS>::new(0);
         for i in 0..50u32 {
             h.push(Patch {
                 pos: 24 + i * 112,
@@ -625,7 +628,7 @@ mod tests {
             } else {
                 u32::MAX - 3000
             };
-            let mut h = History::new(base);
+            let mut h = History::<RUNS>::new(base);
             let stream_len = 4000u32;
             let mut want = std::vec![0u8; stream_len as usize];
             let mut pos = 0u32;
@@ -660,7 +663,7 @@ mod tests {
 
     #[test]
     fn nothing_is_missed_where_nothing_was_forgotten_and_old_marks_follow_the_cursor() {
-        let mut h = History::new(1000);
+        let mut h = History::<RUNS>::new(1000);
         assert!(!h.misses(0, u32::MAX) && !h.misses(1000, 10));
         // 3 GiB of a stream with nothing rewritten: the marks keep up and compare as behind.
         let mut cursor = 1000u32;
@@ -685,7 +688,7 @@ mod tests {
 
     #[test]
     fn a_split_nid_is_one_record_kept_or_forgotten_whole() {
-        let mut h = History::new(0);
+        let mut h = History::<RUNS>::new(0);
         h.push(Patch {
             pos: 1000,
             xor: [0, 7, 0, 0],
@@ -705,7 +708,7 @@ mod tests {
 
     #[test]
     fn eviction_raises_the_floor() {
-        let mut h = History::new(0);
+        let mut h = History::<RUNS>::new(0);
         // A new XOR each: no two patches merge, every patch is a run.
         for i in 0..(RUNS as u32 + 3) {
             h.push(Patch {
@@ -723,7 +726,7 @@ mod tests {
 
     #[test]
     fn runs_the_client_received_go_without_loss() {
-        let mut h = History::new(0);
+        let mut h = History::<RUNS>::new(0);
         let push = |h: &mut History, i: u32| {
             h.push(Patch {
                 pos: i * 1000,
@@ -733,7 +736,7 @@ mod tests {
         for i in 0..RUNS as u32 {
             push(&mut h, i);
         }
-        assert!(h.wants_received(0) && !History::new(0).wants_received(1448));
+        assert!(h.wants_received(0) && !History::<RUNS>::new(0).wants_received(1448));
         // The client has the first ten runs' bytes: they make room for ten more, no loss.
         assert_eq!(RoomSearch::new(&h).run(&h), 0);
         h.receive(9 * 1000 + 4);
@@ -772,7 +775,7 @@ mod tests {
             seed
         };
         for base in [5u32, u32::MAX - 40_000] {
-            let mut h = History::new(base);
+            let mut h = History::<RUNS>::new(base);
             let mut want = std::vec![0u8; 200_000];
             let mut pos = 0u32;
             // V2-like messages: a NID patch and a dest_pid patch 16 bytes on, sizes varying

@@ -24,7 +24,7 @@ impl Quiet {
     pub const NONE: Quiet = Quiet(0);
 
     /// The window `t` leaves: from the end of its newest patch to its cursor.
-    pub const fn of(t: &Tracker) -> Quiet {
+    pub const fn of<const N: usize>(t: &Tracker<N>) -> Quiet {
         let (from, to) = (t.history.end, t.cursor());
         if t.desynced() || !seq::before(from, to) {
             return Quiet::NONE;

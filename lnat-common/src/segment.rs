@@ -54,7 +54,11 @@ enum Step {
 }
 
 /// Applies the next recorded patch that overlaps the segment.
-fn history_step<P: Packet>(t: &Tracker, walk: &mut PatchWalk, pkt: &mut P) -> Step {
+fn history_step<P: Packet, const N: usize>(
+    t: &Tracker<N>,
+    walk: &mut PatchWalk,
+    pkt: &mut P,
+) -> Step {
     match walk.step(&t.history) {
         WalkStep::Patch(c) if !pkt.patch(&c, 0) => Step::Failed,
         WalkStep::Patch(_) | WalkStep::Moved => Step::More,
@@ -64,7 +68,12 @@ fn history_step<P: Packet>(t: &Tracker, walk: &mut PatchWalk, pkt: &mut P) -> St
 
 /// Reads the next window of the segment `[seq, seq + len)`, from the tracker's cursor, into
 /// the tracker's prefix; returns how many bytes the tracker took.
-fn load_step<P: Packet>(t: &mut Tracker, seq: u32, len: u32, pkt: &mut P) -> Result<u32, Step> {
+fn load_step<P: Packet, const N: usize>(
+    t: &mut Tracker<N>,
+    seq: u32,
+    len: u32,
+    pkt: &mut P,
+) -> Result<u32, Step> {
     if t.desynced() {
         return Err(Step::Done);
     }
@@ -152,9 +161,9 @@ pub struct Driver {
 impl Driver {
     /// Starts on the segment `[seq, seq + len)` of `pkt` with at most `budget` steps; returns
     /// how the segment relates to the stream. Only `Admit::Track` leaves steps to make.
-    pub fn start<P: Packet>(
+    pub fn start<P: Packet, const N: usize>(
         &mut self,
-        t: &mut Tracker,
+        t: &mut Tracker<N>,
         seq: u32,
         len: u32,
         budget: u32,
@@ -191,7 +200,7 @@ impl Driver {
     }
 
     /// The phase a segment that is not held starts with.
-    fn first_phase(t: &Tracker, seq: u32) -> u8 {
+    fn first_phase<const N: usize>(t: &Tracker<N>, seq: u32) -> u8 {
         if t.history.reaches(seq) {
             HISTORY
         } else {
@@ -200,7 +209,12 @@ impl Driver {
     }
 
     /// Makes one step; true while more are needed.
-    pub fn step<P: Packet, E: Env>(&mut self, t: &mut Tracker, pkt: &mut P, env: &mut E) -> bool {
+    pub fn step<P: Packet, E: Env, const N: usize>(
+        &mut self,
+        t: &mut Tracker<N>,
+        pkt: &mut P,
+        env: &mut E,
+    ) -> bool {
         if self.budget == 0 {
             return false;
         }
@@ -208,7 +222,7 @@ impl Driver {
         let step = match self.phase {
             ROOM => match self.room.step(&t.history) {
                 None => Step::More,
-                Some(room) if room < History::need(self.len) => {
+                Some(room) if room < History::<N>::need(self.len) => {
                     self.held = 1;
                     Step::Done
                 }
@@ -264,7 +278,7 @@ impl Driver {
 
     /// Applies the next patch the last window decided, or, with none left, goes on to the
     /// next window; a window that took no byte without giving the stream up is a failure.
-    fn patch_step<P: Packet>(&mut self, t: &Tracker, pkt: &mut P) -> Step {
+    fn patch_step<P: Packet, const N: usize>(&mut self, t: &Tracker<N>, pkt: &mut P) -> Step {
         let i = self.next_out as usize;
         if i < t.n_out as usize
             && let Some(p) = t.out.get(i)
@@ -285,7 +299,7 @@ impl Driver {
     /// Ends the segment: a failed packet access, or a budget spent before the segment's last
     /// byte was parsed, gives the stream up (told to `env`). Passing such a copy as it is stays
     /// all-or-nothing per NID: a NID's bytes in one packet are one write, made or not.
-    pub fn finish<E: Env>(&mut self, t: &mut Tracker, env: &mut E) -> Outcome {
+    pub fn finish<E: Env, const N: usize>(&mut self, t: &mut Tracker<N>, env: &mut E) -> Outcome {
         let parsing = matches!(self.phase, LOAD | PROGRESS | PATCH);
         let unfinished = matches!(self.phase, ROOM | HISTORY)
             || (parsing
@@ -310,8 +324,8 @@ impl Driver {
 /// Rewrites a whole segment with at most `budget` steps: [`Driver`]'s three calls, as the
 /// datapath makes them, with a plain loop where it has `bpf_loop`. Returns what `start` said,
 /// or [`Admit::Hold`] when the segment was held ([`Outcome::Held`]).
-pub fn process<P: Packet, E: Env>(
-    t: &mut Tracker,
+pub fn process<P: Packet, E: Env, const N: usize>(
+    t: &mut Tracker<N>,
     seq: u32,
     len: u32,
     pkt: &mut P,

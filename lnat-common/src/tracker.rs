@@ -27,7 +27,7 @@
 
 use crate::{
     crc,
-    history::{History, Patch},
+    history::{History, Patch, RUNS},
     nid::{Nid, NidForm},
     ping, seq,
     wire::{self, Endian, Proto},
@@ -219,7 +219,7 @@ impl NidField {
 /// The state of one tracked stream. Plain data, so it can live in a BPF map value.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Tracker {
+pub struct Tracker<const N: usize = RUNS> {
     /// Sequence number where the unit being parsed begins.
     pub unit_seq: u32,
     /// Our IPv4 address on this connection (host order).
@@ -266,7 +266,7 @@ pub struct Tracker {
     /// The unit's prefix.
     pub buf: [u8; PREFIX_MAX],
     /// Every patch decided recently, by position.
-    pub history: History,
+    pub history: History<N>,
 }
 
 impl Tracker {
@@ -310,7 +310,9 @@ impl Tracker {
         t.reset_outgoing(role, start, local);
         t
     }
+}
 
+impl<const N: usize> Tracker<N> {
     /// Starts a new stream in place, as `new` would, without building a tracker elsewhere: a
     /// tracker is larger than the eBPF stack. The buffer and history slots are left as they are;
     /// nothing reads them before writing them.
