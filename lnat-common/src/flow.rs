@@ -12,7 +12,10 @@
 //! - A closing flow is freed once no segment has reached it for [`CLOSING_IDLE_NS`] (`lnat
 //!   attach` sweeps the table), by a new handshake on its four-tuple, or by LRU pressure.
 
-use crate::{maps::FlowState, tracker::Role};
+use crate::{
+    maps::FlowState,
+    tracker::{Direction, Role},
+};
 
 /// TCP flag: no more data from the sender.
 pub const FIN: u8 = 0x01;
@@ -40,22 +43,29 @@ pub enum Event {
     Data,
 }
 
-/// The event a segment with TCP `flags` carries on a connection opened by `role`'s side.
-pub const fn event(flags: u8, role: Role) -> Event {
+/// The event a segment with TCP `flags`, flowing `dir`, carries on a connection opened by
+/// `role`'s side.
+pub const fn event(flags: u8, role: Role, dir: Direction) -> Event {
     if flags & (RST | FIN) != 0 {
         Event::End
     } else if flags & SYN != 0 {
-        // Only the peer's half is seen: its SYN-ACK when we connected, its SYN when it did.
-        match (role, flags & ACK != 0) {
-            (Role::Active, true) | (Role::Passive, false) => Event::Open(role),
-            _ => Event::Data,
+        // Each direction sees one half of the handshake: from the peer, its SYN-ACK when we
+        // connected and its SYN when it did; to the peer, our SYN and our SYN-ACK.
+        let opens = match (role, dir, flags & ACK != 0) {
+            (Role::Active, Direction::In, ack) | (Role::Passive, Direction::Out, ack) => ack,
+            (Role::Passive, Direction::In, ack) | (Role::Active, Direction::Out, ack) => !ack,
+        };
+        if opens {
+            Event::Open(role)
+        } else {
+            Event::Data
         }
     } else {
         Event::Data
     }
 }
 
-impl FlowState {
+impl<const N: usize> FlowState<N> {
     /// True once a FIN or RST was seen on the connection.
     pub const fn closing(&self) -> bool {
         self.closing_ns != 0
@@ -78,12 +88,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fin_and_rst_end_and_only_the_peers_handshake_opens() {
-        assert_eq!(event(FIN | ACK, Role::Active), Event::End);
-        assert_eq!(event(RST, Role::Passive), Event::End);
-        assert_eq!(event(SYN | ACK, Role::Active), Event::Open(Role::Active));
-        assert_eq!(event(SYN, Role::Passive), Event::Open(Role::Passive));
-        assert_eq!(event(SYN, Role::Active), Event::Data);
-        assert_eq!(event(ACK, Role::Active), Event::Data);
+    fn fin_and_rst_end_and_each_direction_opens_on_its_half_of_the_handshake() {
+        use Direction::{In, Out};
+        assert_eq!(event(FIN | ACK, Role::Active, In), Event::End);
+        assert_eq!(event(RST, Role::Passive, Out), Event::End);
+        assert_eq!(
+            event(SYN | ACK, Role::Active, In),
+            Event::Open(Role::Active)
+        );
+        assert_eq!(event(SYN, Role::Passive, In), Event::Open(Role::Passive));
+        assert_eq!(event(SYN, Role::Active, In), Event::Data);
+        assert_eq!(event(ACK, Role::Active, In), Event::Data);
+        assert_eq!(event(SYN, Role::Active, Out), Event::Open(Role::Active));
+        assert_eq!(
+            event(SYN | ACK, Role::Passive, Out),
+            Event::Open(Role::Passive)
+        );
+        assert_eq!(event(SYN | ACK, Role::Active, Out), Event::Data);
+        assert_eq!(event(SYN, Role::Passive, Out), Event::Data);
     }
 }

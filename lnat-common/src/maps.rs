@@ -3,7 +3,7 @@
 //! All are `#[repr(C)]` plain data. Addresses are kept as four bytes in dotted order and NIDs as
 //! (address, LND, number) so that `bpftool map dump` of the BTF-typed maps reads naturally.
 
-use crate::{nid::Nid, segment::Driver, tracker::Tracker};
+use crate::{history::RUNS, nid::Nid, segment::Driver, tracker::Tracker};
 
 /// Most LNet ports one attachment follows.
 pub const MAX_PORTS: usize = 8;
@@ -261,12 +261,16 @@ pub struct LookupCache {
     pub _pad: [u8; 2],
 }
 
-/// One followed connection.
+/// Runs of patch history an outgoing stream keeps: its patches are only in discovery pushes,
+/// a few per push, and pushes are rare.
+pub const OUT_RUNS: usize = 8;
+
+/// One followed direction of a connection; `N` runs of patch history.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct FlowState {
+pub struct FlowState<const N: usize = RUNS> {
     /// Where the stream is and what was rewritten in it.
-    pub tracker: Tracker,
+    pub tracker: Tracker<N>,
     /// The last mapping lookup.
     pub cache: LookupCache,
     /// `bpf_ktime_get_ns` when the handshake was seen.
@@ -283,6 +287,9 @@ pub struct FlowState {
     /// Keeps the struct a multiple of 8 bytes.
     pub _pad: u32,
 }
+
+/// The stream a host sends on a followed connection.
+pub type OutFlowState = FlowState<OUT_RUNS>;
 
 /// A TCP segment on an LNet port, as the datapath found it in a packet.
 #[repr(C)]
@@ -351,7 +358,7 @@ mod pod {
     unsafe impl aya::Pod for super::Mapping {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counters {}
-    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl<const N: usize> aya::Pod for super::FlowState<N> {}
     unsafe impl aya::Pod for super::LearnEvent {}
     unsafe impl aya::Pod for super::Work {}
 }

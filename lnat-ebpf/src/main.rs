@@ -21,7 +21,7 @@ use lnat_common::{
     maps::{FlowState, SegmentInfo, Work},
     quiet::Quiet,
     segment::{MAX_STEPS, Outcome},
-    tracker::{Admit, Desync},
+    tracker::{Admit, Desync, Direction},
 };
 
 use crate::{env::DpEnv, skb::SkbPacket};
@@ -47,7 +47,7 @@ pub fn lnat(ctx: TcContext) -> i32 {
         give_up(seg, Desync::Fragmented);
         return PASS;
     }
-    let event = flow::event(seg.flags, flows::role(seg));
+    let event = flow::event(seg.flags, flows::role(seg), Direction::In);
     if let Event::Open(role) = event {
         flows::open(seg, role);
         return PASS;
