@@ -73,21 +73,22 @@ impl Config {
         ((self.generation as u64) << 32) | self.learn_generation as u64
     }
 
-    /// Which end of a segment from `sport` to `dport` is a followed LNet port: `Some(true)`
-    /// when the sender's (we connected to it), `Some(false)` when ours, `None` when neither.
+    /// Which end of a connection between the peer's port `peer` and our port `local` is a
+    /// followed LNet port: `Some(true)` when the peer's (we connected to it), `Some(false)` when
+    /// ours, `None` when neither.
     ///
     /// One pass over the ports, each compared as it is read: two separate passes made the
     /// compiler keep every port in its own stack slot, which the eBPF stack cannot spare.
-    pub fn lnet_side(&self, sport: u16, dport: u16) -> Option<bool> {
+    pub fn lnet_side(&self, peer: u16, local: u16) -> Option<bool> {
         let n = self.nports as usize;
         let mut ours = false;
         let mut i = 0;
         while i < MAX_PORTS && i < n {
             let p = self.ports[i];
-            if p == sport {
+            if p == peer {
                 return Some(true);
             }
-            ours |= p == dport;
+            ours |= p == local;
             i += 1;
         }
         ours.then_some(false)

@@ -1,10 +1,13 @@
-//! Finding the TCP segment in an ingress packet, and whether it is on an LNet port.
+//! Finding the TCP segment in a packet, and whether it is on an LNet port.
 //!
 //! Headers are read in place from the packet's linear area, where the stack keeps them for
 //! every packet it builds (GRO included): no helper call on the path every packet takes.
 
 use aya_ebpf::{helpers::generated::bpf_skb_pull_data, programs::TcContext};
-use lnat_common::{maps::SegmentInfo, tracker::Role};
+use lnat_common::{
+    maps::SegmentInfo,
+    tracker::{Direction, Role},
+};
 
 use crate::{maps, skb::opaque};
 
@@ -53,13 +56,14 @@ fn passed() -> Option<()> {
     None
 }
 
-/// Describes the segment in `ctx` in `seg` and returns true, if it is IPv4 TCP to or from a
-/// followed LNet port; counts what it passes.
-pub fn parse(ctx: &TcContext, seg: &mut SegmentInfo) -> bool {
-    read(ctx, seg).is_some()
+/// Describes the segment in `ctx`, flowing `dir`, in `seg` and returns true, if it is IPv4 TCP
+/// to or from a followed LNet port; counts what it passes. The key names the connection the
+/// same way in both directions (the peer's address and port, then ours).
+pub fn parse(ctx: &TcContext, seg: &mut SegmentInfo, dir: Direction) -> bool {
+    read(ctx, seg, dir).is_some()
 }
 
-fn read(ctx: &TcContext, seg: &mut SegmentInfo) -> Option<()> {
+fn read(ctx: &TcContext, seg: &mut SegmentInfo, dir: Direction) -> Option<()> {
     let cfg = maps::config()?;
     // Every field goes into `seg` (map memory) as soon as it is read: a later read may pull
     // the packet, which ends the life of the bytes read before it.
@@ -97,8 +101,11 @@ fn read(ctx: &TcContext, seg: &mut SegmentInfo) -> Option<()> {
     // A first fragment (more-fragments set) still carries the TCP header: its flow is told to
     // give up, as the rest of its bytes reach the stack only after reassembly, past TC.
     seg.fragment = (frag & 0x2000 != 0) as u8;
-    seg.key.peer_addr = [h[12], h[13], h[14], h[15]];
-    seg.key.local_addr = [h[16], h[17], h[18], h[19]];
+    let (src, dst) = ([h[12], h[13], h[14], h[15]], [h[16], h[17], h[18], h[19]]);
+    (seg.key.peer_addr, seg.key.local_addr) = match dir {
+        Direction::In => (src, dst),
+        Direction::Out => (dst, src),
+    };
     // BIG TCP packets carry a zero total length; their length is the skb's.
     let tot_len = be16(h, 2) as u32;
     let ip_len = if tot_len == 0 {
@@ -109,7 +116,11 @@ fn read(ctx: &TcContext, seg: &mut SegmentInfo) -> Option<()> {
     let l4 = l3 + ihl as usize;
     let h = bytes::<20>(ctx, l4)?;
     let (sport, dport) = (be16(h, 0), be16(h, 2));
-    seg.role = match cfg.lnet_side(sport, dport) {
+    let (peer_port, local_port) = match dir {
+        Direction::In => (sport, dport),
+        Direction::Out => (dport, sport),
+    };
+    seg.role = match cfg.lnet_side(peer_port, local_port) {
         Some(true) => Role::Active as u8,
         Some(false) => Role::Passive as u8,
         None => return passed(),
@@ -118,8 +129,8 @@ fn read(ctx: &TcContext, seg: &mut SegmentInfo) -> Option<()> {
     if thl < 20 {
         return passed();
     }
-    seg.key.peer_port = sport;
-    seg.key.local_port = dport;
+    seg.key.peer_port = peer_port;
+    seg.key.local_port = local_port;
     seg.seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
     seg.len = ip_len.saturating_sub(ihl + thl);
     seg.payload_off = l4 as u32 + thl;

@@ -39,7 +39,7 @@ pub fn lnat(ctx: TcContext) -> i32 {
     };
     // SAFETY: this CPU's work area; one program run at a time uses it.
     let seg = unsafe { &mut (*work).seg };
-    if !headers::parse(&ctx, seg) {
+    if !headers::parse(&ctx, seg, Direction::In) {
         return PASS;
     }
     if seg.fragment != 0 {
