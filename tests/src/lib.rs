@@ -10,6 +10,7 @@ pub mod impair;
 pub mod link;
 pub mod lnet;
 pub mod ns;
+pub mod ping;
 pub mod relay;
 pub mod report;
 pub mod server;
