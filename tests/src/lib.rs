@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod blob;
 pub mod client;
+pub mod discovery;
 pub mod harness;
 pub mod impair;
 pub mod link;
