@@ -151,6 +151,9 @@ pub struct RpcServed {
     pub pushes: Vec<PushSeen>,
     /// New connections dialled for discovery, in order.
     pub dials: Vec<Dial>,
+    /// Pings and pushes sent on this connection instead (`ping 12345-NID`, `push 12345-NID`):
+    /// the peer's own connection, when it connected from a reserved port.
+    pub on_connection: Vec<String>,
     /// Replies to the requests.
     pub replies: Vec<RpcSent>,
     /// Callbacks of the server's own.

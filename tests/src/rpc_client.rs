@@ -4,6 +4,8 @@
 //! the server's socklnd peer is 12345-NID, the connection's own), then sends its requests and
 //! takes the server's reply and callback PUTs by `lnet_parse`'s rule (dest NID its own).
 
+use std::collections::VecDeque;
+
 use lnat_common::{
     nid::Nid,
     wire::{self, Endian, LnetHdr, LnetType, Proto},
@@ -201,60 +203,75 @@ pub(crate) fn session(
             .send_lnet(conn.proto, conn.endian, put, payload, false)?;
         r.requests_sent += 1;
     }
-    let mut pending = early.into_iter();
+    let mut pending: VecDeque<_> = early.into();
     while (r.replies.len() as u64) < opts.requests || (r.callbacks.len() as u64) < opts.callbacks {
-        let (hdr, payload) = match pending.next() {
+        let (hdr, payload) = match pending.pop_front() {
             Some(m) => m,
             None => match conn.next()? {
                 Ok(m) => m,
                 Err(why) => return Ok(Outcome::Rejected(why)),
             },
         };
-        receive(conn, &own, &hdr, payload, r)?;
+        let mut d = Discovering {
+            conn,
+            own: own.clone(),
+            report: r,
+            early: Vec::new(),
+            rejected: None,
+        };
+        d.receive(&mut node, &hdr, payload)?;
+        pending.extend(d.early);
+        if let Some(why) = d.rejected {
+            return Ok(Outcome::Rejected(why));
+        }
     }
+    r.server_peer = node.summary().into_iter().next();
     Ok(Outcome::Done)
 }
 
-/// One message from the server: an ACK if asked, a ping answered, a reply or callback kept.
-fn receive(
-    conn: &mut Conn,
-    own: &PingInfo,
-    hdr: &LnetHdr,
-    payload: Vec<u8>,
-    r: &mut RpcClient,
-) -> anyhow::Result<()> {
-    let bits = lnet::index_of(hdr);
-    let to = Msg4 {
-        dest: (hdr.src_nid, hdr.src_pid),
-        src: (conn.me, wire::PID_LUSTRE),
-    };
-    if lnet::ack_requested(hdr) {
-        let ack = to.ack(lnet::wmd_of(hdr), bits, payload.len() as u32);
-        conn.wire
-            .send_lnet(conn.proto, conn.endian, ack, Vec::new(), false)?;
-    }
-    let t = LnetType::from_u32(hdr.msg_type);
-    match (t, lnet::portal_of(hdr)) {
-        (Some(LnetType::Get), Some(ping::PORTAL)) if bits == ping::MATCH_BITS => {
-            let data = own.encode(conn.endian);
-            r.ping_data_nids = own.nids().iter().map(Nid::to_string).collect();
-            let reply = to.reply(lnet::wmd_of(hdr), data.len() as u32);
-            conn.wire
-                .send_lnet(conn.proto, conn.endian, reply, data, false)?;
+impl Discovering<'_, '_> {
+    /// One message from the server: an ACK if asked, a ping answered with the client's ping
+    /// data, a push taken as `lnet_peer_push_event` does, a reply or callback kept.
+    fn receive(&mut self, node: &mut Node, hdr: &LnetHdr, payload: Vec<u8>) -> anyhow::Result<()> {
+        let bits = lnet::index_of(hdr);
+        let to = Msg4 {
+            dest: (hdr.src_nid, hdr.src_pid),
+            src: (self.conn.me, wire::PID_LUSTRE),
+        };
+        let (proto, endian) = (self.conn.proto, self.conn.endian);
+        if lnet::ack_requested(hdr) {
+            let ack = to.ack(lnet::wmd_of(hdr), bits, payload.len() as u32);
+            self.conn
+                .wire
+                .send_lnet(proto, endian, ack, Vec::new(), false)?;
         }
-        (Some(LnetType::Put), Some(portal @ (rpc::REPLY_PORTAL | rpc::CALLBACK_PORTAL))) => {
-            let put = Put {
-                index: bits,
-                size: payload.len() as u32,
-                digest: workload::digest(&payload),
-            };
-            if portal == rpc::REPLY_PORTAL {
-                r.replies.push(put);
-            } else {
-                r.callbacks.push(put);
+        let t = LnetType::from_u32(hdr.msg_type);
+        match (t, lnet::portal_of(hdr)) {
+            (Some(LnetType::Get), Some(ping::PORTAL)) if bits == ping::MATCH_BITS => {
+                let data = self.own.encode(endian);
+                self.report.ping_data_nids = self.own.nids().iter().map(Nid::to_string).collect();
+                let reply = to.reply(lnet::wmd_of(hdr), data.len() as u32);
+                self.conn
+                    .wire
+                    .send_lnet(proto, endian, reply, data, false)?;
             }
+            (Some(LnetType::Put), Some(ping::PORTAL)) if bits == ping::MATCH_BITS => {
+                let _ = node.push_received(hdr.src_nid, &payload, self);
+            }
+            (Some(LnetType::Put), Some(portal @ (rpc::REPLY_PORTAL | rpc::CALLBACK_PORTAL))) => {
+                let put = Put {
+                    index: bits,
+                    size: payload.len() as u32,
+                    digest: workload::digest(&payload),
+                };
+                if portal == rpc::REPLY_PORTAL {
+                    self.report.replies.push(put);
+                } else {
+                    self.report.callbacks.push(put);
+                }
+            }
+            _ => {}
         }
-        _ => {}
+        Ok(())
     }
-    Ok(())
 }
