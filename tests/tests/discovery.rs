@@ -13,7 +13,7 @@ use lnat_tests::{
     harness::{self, Host, Lnat},
     ping,
     report::{ClientReport, Dial, RpcServed, ServerReport},
-    topology::{CLIENT_NID, NAT_NID, SERVER, SERVER_NID, TopoOpts, Topology},
+    topology::{CLIENT_NID, NAT_NID, NatMode, SERVER, SERVER_NID, TopoOpts, Topology},
 };
 
 /// Requests the client sends (and replies the server tries to send).
@@ -91,11 +91,11 @@ fn rpc(t: &Topology, server_disc: &str, client_disc: &str) -> (ClientReport, Ser
     .expect("exchange")
 }
 
-/// The server's rpc record of its one connection.
-fn served(s: &ServerReport) -> RpcServed {
+/// The server's rpc record of its one connection, from a peer it calls `peer_nid`.
+fn served(s: &ServerReport, peer_nid: &str) -> RpcServed {
     assert_eq!(s.connections.len(), 1, "{s:?}");
     let conn = &s.connections[0];
-    assert_eq!(conn.peer_nid, NAT_NID);
+    assert_eq!(conn.peer_nid, peer_nid);
     assert_eq!(conn.rejected, None, "lnat rewrote every dest NID");
     conn.rpc.clone().expect("an rpc record")
 }
@@ -150,7 +150,7 @@ fn with_discovery_on_the_servers_puts_fail_on_the_private_nid_then_the_nat() {
     let host = Host::new(t.client()).expect("host");
     let lnat = Lnat::attach(&host, "eth0", &[]).expect("lnat attach");
     let (client, server) = rpc(&t, "on", "on");
-    let r = served(&server);
+    let r = served(&server, NAT_NID);
     assert!(r.discovery);
     assert_eq!(r.pings_answered, 1);
     assert_eq!(r.pushes.len(), 1);
@@ -212,7 +212,7 @@ fn with_discovery_off_at_the_server_it_still_pings_the_nat_and_is_refused() {
     let lnat = Lnat::attach(&host, "eth0", &[]).expect("lnat attach");
     for client_disc in ["on", "off"] {
         let (client, server) = rpc(&t, "off", client_disc);
-        let r = served(&server);
+        let r = served(&server, NAT_NID);
         assert!(!r.discovery);
         assert_eq!(r.pings_answered, 1, "client {client_disc}");
         assert!(r.pushes.is_empty(), "client {client_disc}: {:?}", r.pushes);
@@ -246,4 +246,59 @@ fn with_discovery_off_at_the_server_it_still_pings_the_nat_and_is_refused() {
         );
     }
     lnat.stop().expect("stop");
+}
+
+/// The model's control: a routed client (no NAT, a reserved source port, so the server's
+/// socklnd peer is 12345-198.51.100.2@tcp, the connection's own) gets every reply and
+/// callback, whatever discovery does: with discovery on the server pushes back over the
+/// connection, with it off it pings over it; it never dials.
+#[test]
+fn a_routed_client_gets_every_reply_and_callback() {
+    let t = Topology::new(
+        "dcrt",
+        TopoOpts {
+            nat: NatMode::None,
+            ..TopoOpts::default()
+        },
+    )
+    .expect("topology");
+    for (disc, on_connection, multi_rail) in [("on", "push", true), ("off", "ping", false)] {
+        let (client, server) = rpc(&t, disc, disc);
+        let r = served(&server, CLIENT_NID);
+        assert!(r.dials.is_empty(), "discovery {disc}: {:?}", r.dials);
+        assert_eq!(
+            r.on_connection,
+            vec![format!("{on_connection} 12345-{CLIENT_NID}")],
+            "discovery {disc}"
+        );
+        assert_eq!(client.status, "ok", "discovery {disc}: {}", client.reason);
+        let c = client.rpc.as_ref().expect("the client's rpc record");
+        let record = |s: &[lnat_tests::report::RpcSent]| -> Vec<lnat_tests::report::Put> {
+            s.iter()
+                .map(|x| {
+                    assert_eq!(x.errno, 0, "{x:?}");
+                    lnat_tests::report::Put {
+                        index: x.index,
+                        size: x.size,
+                        digest: x.digest.clone(),
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(c.replies, record(&r.replies), "replies by digest");
+        assert_eq!(c.callbacks, record(&r.callbacks), "callbacks by digest");
+        assert_eq!(c.replies.len() as u64, REQUESTS);
+        assert_eq!(c.callbacks.len() as u64, CALLBACKS);
+        assert_eq!(c.ping_data_nids, vec![CLIENT_NID.to_string()]);
+        assert_eq!(
+            r.peers,
+            vec![PeerSummary {
+                primary_nid: CLIENT_NID.into(),
+                nids: vec![CLIENT_NID.into()],
+                discovered: true,
+                multi_rail,
+                dc_error: 0,
+            }]
+        );
+    }
 }
