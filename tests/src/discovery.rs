@@ -577,6 +577,46 @@ mod tests {
         assert_eq!(t.sent.len(), 1);
     }
 
+    /// What the model predicts for lnat's planned fix (the client's pushed NIDs rewritten to
+    /// the NAT's): with discovery on at the server the peer stays, but it is Multi-Rail, so the
+    /// server pushes back to 12345-203.0.113.1@tcp, which needs a new connection through the
+    /// NAT, and every PUT then fails with the refusal. Without `LNET_PING_FEAT_DISCOVERY` in
+    /// the pushed data the peer is not Multi-Rail, nothing is pushed back, and PUTs go at once.
+    #[test]
+    fn a_push_naming_the_nat_needs_no_push_back_only_without_the_discovery_feature() {
+        for (features_off, want) in [(0, Err(-111)), (ping::FEAT_DISCOVERY, Ok(()))] {
+            let mut node = Node::new(true);
+            node.peer_of(nid(NAT));
+            let mut info = Node::new(true).ping_info(&[nid(NAT)]);
+            info.features &= !features_off;
+            let push = info.encode(lnat_common::wire::Endian::Little);
+            let mut t = Script::default();
+            let (outcome, _) = node.push_received(nid(NAT), &push, &mut t);
+            assert_eq!(outcome, PushOutcome::Accepted);
+            assert_eq!(node.before_send(nid(NAT), true, &mut t), want);
+            let pushes_back = if want.is_ok() { 0 } else { 2 };
+            assert_eq!(t.sent, vec![("push", nid(NAT)); pushes_back]);
+            assert_eq!(node.summary().len(), 1, "the NAT's NID keeps its peer");
+        }
+    }
+
+    /// With discovery off at the server, a push naming the NAT's NID would make the peer up
+    /// to date; but the client never pushes to it (its ping REPLY lacks the discovery feature,
+    /// so the client's peer of the server is not Multi-Rail): the server's PUTs wait for a
+    /// ping of 12345-203.0.113.1@tcp instead.
+    #[test]
+    fn with_discovery_off_only_a_push_would_spare_the_ping() {
+        let mut node = Node::new(false);
+        node.peer_of(nid(NAT));
+        let push = Node::new(true)
+            .ping_info(&[nid(NAT)])
+            .encode(lnat_common::wire::Endian::Little);
+        let mut t = Script::default();
+        assert_eq!(node.push_received(nid(NAT), &push, &mut t).1, Ok(()));
+        assert_eq!(node.before_send(nid(NAT), true, &mut t), Ok(()));
+        assert!(t.sent.is_empty());
+    }
+
     #[test]
     fn bad_pushes_are_refused_as_the_push_event_does() {
         let mut node = Node::new(true);
