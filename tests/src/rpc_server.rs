@@ -1,10 +1,11 @@
 //! The server's side of rpc mode on one accepted connection: it answers pings, takes pushes as
 //! `lnet_peer_push_event` does, and answers each request with a reply PUT (then, after the
-//! first, sends its callbacks), running discovery (`crate::discovery`) before each. Discovery
-//! of a peer needs a new connection to 12345-NID (socklnd matches peers on pid and NID,
-//! `ksocknal_launch_packet`, socklnd_cb.c:800; the accepted connection is a userspace peer's,
-//! `U<port>`), which the server dials itself as `lnet_connect` does (acceptor.c:283: from a
-//! reserved port, 1023 down, to the NID's address on port 988).
+//! first, sends its callbacks), running discovery (`crate::discovery`) before each. A ping or
+//! push goes to 12345-NID, and socklnd matches peers on pid and NID (`ksocknal_launch_packet`,
+//! socklnd_cb.c:800): it goes over the accepted connection only if that is 12345-NID's (a
+//! client on a reserved port); a userspace peer's connection (`U<port>`, through a NAT) is not,
+//! so the server dials a new one as `lnet_connect` does (acceptor.c:283: from a reserved port,
+//! 1023 down, to the NID's address on port 988).
 
 use std::{
     collections::VecDeque,
