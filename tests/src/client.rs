@@ -135,12 +135,22 @@ pub fn run(opts: &ClientOpts) -> ClientReport {
     loop {
         if Instant::now() >= deadline {
             report.status = Status::Timeout.as_str().into();
-            report.reason = format!(
-                "{} of {} PUTs in {:?}",
-                received.len(),
-                opts.expect,
-                opts.timeout
-            );
+            report.reason = match (&opts.rpc, &report.rpc) {
+                (Some(want), Some(got)) => format!(
+                    "{} of {} replies and {} of {} callbacks in {:?}",
+                    got.replies.len(),
+                    want.requests,
+                    got.callbacks.len(),
+                    want.callbacks,
+                    opts.timeout
+                ),
+                _ => format!(
+                    "{} of {} PUTs in {:?}",
+                    received.len(),
+                    opts.expect,
+                    opts.timeout
+                ),
+            };
             break;
         }
         let end = match connect(opts) {

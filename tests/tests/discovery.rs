@@ -131,6 +131,10 @@ fn assert_nothing_delivered(client: &ClientReport, r: &RpcServed, errno: i32) {
         assert_eq!(sent.errno, errno, "{sent:?}");
     }
     assert_eq!(client.status, "timeout", "{}", client.reason);
+    assert_eq!(
+        client.reason,
+        format!("0 of {REQUESTS} replies and 0 of {CALLBACKS} callbacks in 12s")
+    );
     let c = client.rpc.as_ref().expect("the client's rpc record");
     assert_eq!(c.requests_sent, REQUESTS);
     assert_eq!(c.discovery_error, 0);
