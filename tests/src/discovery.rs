@@ -123,11 +123,6 @@ impl Node {
         }
     }
 
-    /// Whether discovery is on here.
-    pub fn discovery(&self) -> bool {
-        self.discovery
-    }
-
     /// The ping data this node publishes for `nids`.
     pub fn ping_info(&self, nids: &[Nid]) -> PingInfo {
         PingInfo::of_node(

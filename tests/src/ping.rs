@@ -8,8 +8,6 @@ use lnat_common::{nid::Nid, wire::Endian};
 
 /// `LNET_PROTO_PING_MAGIC` ('ping'), lnet-idl.h:187.
 pub const MAGIC: u32 = 0x7069_6e67;
-/// `LNET_PING_FEAT_BASE`: just a ping.
-pub const FEAT_BASE: u32 = 1 << 0;
 /// `LNET_PING_FEAT_NI_STATUS`: entries carry a status; required by the receiver.
 pub const FEAT_NI_STATUS: u32 = 1 << 1;
 /// `LNET_PING_FEAT_RTE_DISABLED`: the node does not route.
@@ -168,11 +166,6 @@ impl PingInfo {
     pub fn nids(&self) -> Vec<Nid> {
         self.nis.iter().skip(1).map(|n| Nid(n.nid)).collect()
     }
-
-    /// The sender's ping-target sequence number (`LNET_PING_BUFFER_SEQNO`: entry 0's status).
-    pub fn seqno(&self) -> u32 {
-        self.nis.first().map_or(0, |n| n.status)
-    }
 }
 
 #[cfg(test)]
@@ -205,7 +198,8 @@ mod tests {
             FEAT_NI_STATUS | FEAT_RTE_DISABLED | FEAT_MULTI_RAIL | FEAT_DISCOVERY
         );
         assert_eq!(info.pid, lnat_common::wire::PID_LUSTRE);
-        assert_eq!(info.seqno(), 3);
+        // Entry 0's status is the sender's sequence number (`LNET_PING_INFO_SEQNO`).
+        assert_eq!(info.nis[0].status, 3);
         assert_eq!(info.primary(), Some(nid("10.88.0.2@tcp")));
         assert_eq!(info.nis[1].status, STATUS_UP);
         // The same bytes as the kernel's, from the node's own description.
