@@ -157,22 +157,33 @@ impl<const N: usize> History<N> {
         self.next.wrapping_sub(self.used).wrapping_add(k) as usize & Self::MASK
     }
 
-    /// The most runs a segment of `len` bytes can add (every run a patch), capped at the
-    /// history's size: a packet with more headers than that forgets some of its own.
-    pub const fn need(len: u32) -> u32 {
-        let n = len / BYTES_PER_PATCH + 2;
-        if n > N as u32 { N as u32 } else { n }
-    }
-
-    /// True when a segment of `len` bytes could fill the history: the datapath then reads the
-    /// socket's `rcv_nxt` for [`History::receive`] (a lookup it spares other segments).
+    /// True when a segment of `len` bytes could bring the history to forget a run: the
+    /// datapath then reads the socket's `rcv_nxt` for [`History::receive`] (a lookup it spares
+    /// other segments). A segment records at most one run per [`BYTES_PER_PATCH`], and the
+    /// window checked by [`History::must_hold`] two more.
     pub const fn wants_received(&self, len: u32) -> bool {
-        self.used + Self::need(len) > N as u32
+        self.used as u64 + (len / BYTES_PER_PATCH) as u64 + 4 > N as u64
     }
 
-    /// True when the client has every byte up to the newest patch: every run may make way.
-    pub const fn all_received(&self) -> bool {
-        !seq::after(self.end, self.received)
+    /// True when recording the next two patches (what one examined window can add) could push
+    /// out a run with patches in `[received, seq)`: bytes the client still lacks that the
+    /// segment in hand, starting at `seq`, does not carry. A later copy of them may come, and
+    /// would miss them. A segment starting where the client's bytes end (the one that fills a
+    /// hole) is therefore never held, and a packet with more patches than the history holds
+    /// forgets some of its own rather than being held for them.
+    pub fn must_hold(&self, seq: u32) -> bool {
+        if self.used as usize + 2 <= N || !seq::after(seq, self.received) {
+            return false;
+        }
+        let mut k = 0;
+        while k < 2 && k < self.used {
+            let run = &self.runs[self.slot(k) & Self::MASK];
+            if seq::after(run.end(), self.received) && seq::before(run.first, seq) {
+                return true;
+            }
+            k += 1;
+        }
+        false
     }
 
     /// Notes that the receiver has every byte before `rcv_nxt`: runs wholly before it are
@@ -283,55 +294,6 @@ impl<const N: usize> History<N> {
     /// True when a segment starting at `seq` may overlap a recorded patch.
     pub const fn reaches(&self, seq: u32) -> bool {
         seq::before(seq, self.end)
-    }
-}
-
-/// Counts the runs that can make way without loss: free slots, and old runs wholly before
-/// [`History::received`]. A binary search on where runs start, which is in stream order, one
-/// halving a step (so that the datapath can run it from `bpf_loop`); run `i` ends before run
-/// `i + 2` starts, so the count is exact but for the newest two runs, which count only when
-/// [`History::all_received`].
-#[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct RoomSearch {
-    lo: u32,
-    hi: u32,
-}
-
-impl RoomSearch {
-    /// A search over `h`'s runs.
-    pub const fn new<const N: usize>(h: &History<N>) -> Self {
-        RoomSearch {
-            lo: 0,
-            hi: h.used.saturating_sub(2),
-        }
-    }
-
-    /// One halving; the room once the search is over.
-    pub fn step<const N: usize>(&mut self, h: &History<N>) -> Option<u32> {
-        if h.all_received() {
-            return Some(N as u32);
-        }
-        if self.lo >= self.hi {
-            return Some(N as u32 - h.used + self.lo);
-        }
-        let mid = self.lo + (self.hi - self.lo) / 2;
-        let later = &h.runs[h.slot(mid + 2) & History::<N>::MASK];
-        if seq::after(later.first.wrapping_add(4), h.received) {
-            self.hi = mid;
-        } else {
-            self.lo = mid + 1;
-        }
-        None
-    }
-
-    /// The room, stepping as far as needed (host code and tests).
-    pub fn run<const N: usize>(mut self, h: &History<N>) -> u32 {
-        loop {
-            if let Some(room) = self.step(h) {
-                return room;
-            }
-        }
     }
 }
 
@@ -738,10 +700,10 @@ mod tests {
         }
         assert!(h.wants_received(0) && !History::<RUNS>::new(0).wants_received(1448));
         // The client has the first ten runs' bytes: they make room for ten more, no loss.
-        assert_eq!(RoomSearch::new(&h).run(&h), 0);
+        // Held for a later segment, not for one that carries the oldest run itself.
+        assert!(h.must_hold(RUNS as u32 * 1000) && !h.must_hold(0));
         h.receive(9 * 1000 + 4);
-        // Counted two short: run i is known to end before run i + 2 starts.
-        assert_eq!(RoomSearch::new(&h).run(&h), 8);
+        assert!(!h.must_hold(RUNS as u32 * 1000));
         for i in RUNS as u32..RUNS as u32 + 10 {
             push(&mut h, i);
         }
@@ -759,10 +721,11 @@ mod tests {
         h.receive(5);
         assert_eq!((h.lost, h.floor, h.received), (11_004, 11_004, 11_004));
         assert!(!h.misses(0, 1 << 20));
-        // All of it received: every run may make way.
+        // The next to go are not received yet; once everything is, nothing holds.
+        let later = h.end + 1000;
+        assert!(h.must_hold(later));
         h.receive(h.end);
-        assert!(h.all_received());
-        assert_eq!(RoomSearch::new(&h).run(&h), RUNS as u32);
+        assert!(!h.must_hold(later));
     }
 
     #[test]

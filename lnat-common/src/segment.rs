@@ -14,7 +14,7 @@
 //! segment can fail exist here once.
 
 use crate::{
-    history::{Clip, History, PatchWalk, RoomSearch, WalkStep},
+    history::{Clip, PatchWalk, WalkStep},
     seq,
     tracker::{Admit, Desync, Env, Tracker},
 };
@@ -34,9 +34,9 @@ pub trait Packet {
     /// packet's data into one buffer up to the written offset) can do it once for all.
     fn patch(&mut self, clip: &Clip, reach: u32) -> bool;
     /// The receiving socket's next expected sequence number (`rcv_nxt`), if known: asked only
-    /// when the segment could fill the history. Runs wholly before it make way without loss
-    /// ([`crate::history::History::receive`]); a segment whose patches could only push out
-    /// ones the client still lacks is held back ([`Admit::Hold`]).
+    /// when the segment could bring the history to forget a run. Runs wholly before it make
+    /// way without loss ([`crate::history::History::receive`]); a segment whose next window
+    /// could only push out one the client still lacks is held back ([`Outcome::Held`]).
     fn received(&mut self) -> Option<u32> {
         None
     }
@@ -107,9 +107,9 @@ pub enum Outcome {
     Unreadable = 1,
     /// The step budget ran out first: the stream is given up ([`Desync::Overrun`]).
     Overrun = 2,
-    /// The history has no room for the patches the segment may bring without forgetting ones
-    /// the client still lacks: the segment is to be dropped, for TCP to resend once the client
-    /// has caught up. Nothing of the stream changed.
+    /// The next window could push out of the history a patch the client still lacks: the
+    /// segment is to be dropped, for TCP to resend once the client has caught up. What was
+    /// parsed before that point stands; the next copy gets its patches from the history.
     Held = 3,
 }
 
@@ -126,9 +126,6 @@ const PROGRESS: u8 = 2;
 /// Apply the patches it decided, one per step.
 const PATCH: u8 = 3;
 const DONE: u8 = 4;
-/// Before everything, when the history is full and the client lacks some of its bytes: count
-/// the room left without loss ([`RoomSearch`]), and hold the segment if it is too little.
-const ROOM: u8 = 5;
 
 /// One segment's way through the history and the tracker, one step per call.
 ///
@@ -139,8 +136,6 @@ const ROOM: u8 = 5;
 pub struct Driver {
     /// Where the history phase is.
     walk: PatchWalk,
-    /// Where the room phase is.
-    room: RoomSearch,
     seq: u32,
     len: u32,
     /// Steps left.
@@ -154,8 +149,11 @@ pub struct Driver {
     failed: u8,
     /// The next of the tracker's decided patches to apply.
     next_out: u8,
-    /// 1 when the room phase held the segment.
+    /// 1 when the client's `rcv_nxt` is known for this segment, so it may be held.
+    may_hold: u8,
+    /// 1 when the segment was held.
     held: u8,
+    _pad: [u8; 3],
 }
 
 impl Driver {
@@ -170,19 +168,16 @@ impl Driver {
         pkt: &mut P,
     ) -> Admit {
         t.history.follow(t.cursor());
-        // Room is counted only when the segment brings bytes past the cursor and the
-        // history could fill while the client lacks some of it.
-        let mut count_room = false;
+        self.may_hold = 0;
+        self.held = 0;
         if matches!(t.admit(seq, len), Admit::Track { .. })
             && t.history.wants_received(len)
             && let Some(r) = pkt.received()
         {
             t.history.receive(r);
-            count_room = seq::after(seq.wrapping_add(len), t.cursor()) && !t.history.all_received();
+            self.may_hold = 1;
         }
         let admit = t.admit(seq, len);
-        self.room = RoomSearch::new(&t.history);
-        self.held = 0;
         self.walk = PatchWalk::new(&t.history, seq, len);
         self.seq = seq;
         self.len = len;
@@ -192,20 +187,11 @@ impl Driver {
         self.failed = 0;
         self.next_out = 0;
         self.phase = match admit {
-            Admit::Track { .. } if count_room => ROOM,
-            Admit::Track { .. } => Self::first_phase(t, seq),
+            Admit::Track { .. } if t.history.reaches(seq) => HISTORY,
+            Admit::Track { .. } => LOAD,
             Admit::Pass | Admit::Drop | Admit::Hold => DONE,
         };
         admit
-    }
-
-    /// The phase a segment that is not held starts with.
-    fn first_phase<const N: usize>(t: &Tracker<N>, seq: u32) -> u8 {
-        if t.history.reaches(seq) {
-            HISTORY
-        } else {
-            LOAD
-        }
     }
 
     /// Makes one step; true while more are needed.
@@ -220,17 +206,18 @@ impl Driver {
         }
         self.budget -= 1;
         let step = match self.phase {
-            ROOM => match self.room.step(&t.history) {
-                None => Step::More,
-                Some(room) if room < History::<N>::need(self.len) => {
-                    self.held = 1;
-                    Step::Done
-                }
-                Some(_) => {
-                    self.phase = Self::first_phase(t, self.seq);
-                    Step::More
-                }
-            },
+            // Before each window of new bytes: what it decides could push out a patch the
+            // client still lacks. The packet is dropped with the stream's state consistent up
+            // to here; its next copy gets what was decided from the history and goes on from
+            // the cursor. Copies that bring nothing new, and the one that fills the client's
+            // hole, are never held, so the hole always fills.
+            LOAD if self.may_hold != 0
+                && seq::after(self.seq.wrapping_add(self.len), t.cursor())
+                && t.history.must_hold(self.seq) =>
+            {
+                self.held = 1;
+                Step::Done
+            }
             HISTORY => match history_step(t, &mut self.walk, pkt) {
                 Step::Done => {
                     self.phase = LOAD;
@@ -301,7 +288,7 @@ impl Driver {
     /// all-or-nothing per NID: a NID's bytes in one packet are one write, made or not.
     pub fn finish<E: Env, const N: usize>(&mut self, t: &mut Tracker<N>, env: &mut E) -> Outcome {
         let parsing = matches!(self.phase, LOAD | PROGRESS | PATCH);
-        let unfinished = matches!(self.phase, ROOM | HISTORY)
+        let unfinished = self.phase == HISTORY
             || (parsing
                 && !t.desynced()
                 && (self.phase != LOAD

@@ -161,14 +161,14 @@ fn rewrite_owned(ctx: &TcContext, work: *mut Work, flow: *mut FlowState) -> i32 
     }
     // SAFETY: as above.
     let outcome = unsafe { (*work).driver.finish(&mut (*flow).tracker, &mut job.env) };
-    if outcome == Outcome::Held {
-        maps::count(|c| c.held += 1);
-        return DROP;
-    }
     job.env.finish();
     // SAFETY: as above.
     let (key, quiet) = unsafe { ((*work).seg.key, Quiet::of(&(*flow).tracker)) };
     maps::publish(&key, quiet);
+    if outcome == Outcome::Held {
+        maps::count(|c| c.held += 1);
+        return DROP;
+    }
     PASS
 }
 

@@ -18,9 +18,11 @@ use socket2::{Domain, Socket, Type};
 
 use crate::{
     lnet::{self, ChecksumError, Msg, Wire},
-    report::{ClientReport, Put},
-    workload,
+    report::{ClientReport, Put, RpcClient},
+    rpc_client, workload,
 };
+
+pub use crate::rpc_client::RpcOpts;
 
 /// How the client behaves.
 #[derive(Clone, Debug)]
@@ -51,6 +53,8 @@ pub struct ClientOpts {
     /// rejected stream leaves unread bytes behind and closing resets the connection, as a
     /// kernel rejecting a message does.
     pub read_ahead: bool,
+    /// Rpc mode (requests, replies, callbacks, discovery) instead of receiving `expect` PUTs.
+    pub rpc: Option<RpcOpts>,
 }
 
 /// How one connection ended.
@@ -94,7 +98,7 @@ fn io_kind(e: &anyhow::Error) -> Option<ErrorKind> {
 }
 
 /// True when `e` is a read that ran into the deadline.
-fn timed_out(e: &anyhow::Error) -> bool {
+pub(crate) fn timed_out(e: &anyhow::Error) -> bool {
     matches!(
         io_kind(e),
         Some(ErrorKind::WouldBlock | ErrorKind::TimedOut)
@@ -131,12 +135,22 @@ pub fn run(opts: &ClientOpts) -> ClientReport {
     loop {
         if Instant::now() >= deadline {
             report.status = Status::Timeout.as_str().into();
-            report.reason = format!(
-                "{} of {} PUTs in {:?}",
-                received.len(),
-                opts.expect,
-                opts.timeout
-            );
+            report.reason = match (&opts.rpc, &report.rpc) {
+                (Some(want), Some(got)) => format!(
+                    "{} of {} replies and {} of {} callbacks in {:?}",
+                    got.replies.len(),
+                    want.requests,
+                    got.callbacks.len(),
+                    want.callbacks,
+                    opts.timeout
+                ),
+                _ => format!(
+                    "{} of {} PUTs in {:?}",
+                    received.len(),
+                    opts.expect,
+                    opts.timeout
+                ),
+            };
             break;
         }
         let end = match connect(opts) {
@@ -362,6 +376,23 @@ fn exchange(
     }
     report.server_hello_dst_nid = theirs.dst_nid.to_string();
     let proto = theirs.proto;
+    if let Some(rpc) = &opts.rpc {
+        let mut conn = rpc_client::Conn {
+            wire: &mut w,
+            clock: &mut clock,
+            proto,
+            endian,
+            me: opts.nid,
+            server: opts.server_nid,
+        };
+        let mut r = RpcClient::default();
+        let outcome = rpc_client::session(&mut conn, rpc, &mut r);
+        report.rpc = Some(r);
+        return match outcome? {
+            rpc_client::Outcome::Done => Ok(End::Done),
+            rpc_client::Outcome::Rejected(why) => Ok(End::Failed(why, Status::Rejected)),
+        };
+    }
     while (received.len() as u64) < opts.expect {
         let msg = match clock.by(|| w.recv_msg(proto, endian)) {
             Ok(m) => m,
@@ -442,7 +473,7 @@ fn exchange(
 /// Reads that end by a deadline: the socket's read timeout is kept at the time left, renewed
 /// every [`ReadClock::RENEW`] rather than before every read, which would double the system
 /// calls of a stream of small messages. A read may thus overrun the deadline by that much.
-struct ReadClock {
+pub(crate) struct ReadClock {
     stream: TcpStream,
     deadline: Instant,
     renewed: Option<Instant>,
@@ -460,7 +491,7 @@ impl ReadClock {
     }
 
     /// Runs `read` with the read timeout set to the time left.
-    fn by<T>(&mut self, read: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    pub(crate) fn by<T>(&mut self, read: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
         let now = Instant::now();
         if self.renewed.is_none_or(|t| now - t >= Self::RENEW) {
             let left = self
@@ -504,6 +535,7 @@ mod tests {
             src_port: Some(0),
             digest: true,
             read_ahead: false,
+            rpc: None,
         }
     }
 

@@ -318,6 +318,118 @@ pub fn index_of(hdr: &LnetHdr) -> u64 {
     )
 }
 
+/// Where the LNet header's union keeps each message type's fields (lustre-release
+/// include/uapi/linux/lnet/lnet-idl.h, `struct lnet_put`, `lnet_get`, `lnet_ack`,
+/// `lnet_reply`): the wire handle first in all four, then match bits at [`MATCH_BITS`].
+mod union {
+    /// `ack_wmd`, `return_wmd` or `dst_wmd`: two u64 cookies.
+    pub const WMD: usize = 0;
+    /// `struct lnet_put`: `ptl_index`.
+    pub const PUT_PORTAL: usize = 32;
+    /// `struct lnet_get`: `ptl_index`.
+    pub const GET_PORTAL: usize = 24;
+    /// `struct lnet_get`: `sink_length`.
+    pub const GET_SINK_LENGTH: usize = 32;
+    /// `struct lnet_ack`: `mlength`.
+    pub const ACK_MLENGTH: usize = 24;
+}
+
+/// A wire handle: `LNET_WIRE_HANDLE_COOKIE_NONE` in both cookies means none
+/// (lnet-types.h:235, lib-lnet.h:90 `lnet_is_wire_handle_none`).
+pub type Wmd = [u8; 16];
+
+/// The handle that asks for nothing back.
+pub const WMD_NONE: Wmd = [0xff; 16];
+
+/// An LNet message header with its union filled field by field.
+pub struct Msg4 {
+    /// The destination (NID, pid).
+    pub dest: (Nid, u32),
+    /// The source (NID, pid).
+    pub src: (Nid, u32),
+}
+
+impl Msg4 {
+    fn hdr(
+        &self,
+        t: wire::LnetType,
+        payload: u32,
+        body: [u8; wire::LnetHdrLayout::BODY_LEN],
+    ) -> LnetHdr {
+        LnetHdr {
+            dest_nid: self.dest.0,
+            src_nid: self.src.0,
+            dest_pid: self.dest.1,
+            src_pid: self.src.1,
+            msg_type: t as u32,
+            payload_length: payload,
+            body,
+        }
+    }
+
+    /// A PUT on `portal` with `match_bits`; `ack` names the handle the ACK is to carry back
+    /// (None: no ACK, as `LNET_NOACK_REQ`).
+    pub fn put(&self, portal: u32, match_bits: u64, ack: Option<Wmd>, payload: u32) -> LnetHdr {
+        let mut b = [0u8; wire::LnetHdrLayout::BODY_LEN];
+        b[union::WMD..union::WMD + 16].copy_from_slice(&ack.unwrap_or(WMD_NONE));
+        b[MATCH_BITS..MATCH_BITS + 8].copy_from_slice(&match_bits.to_le_bytes());
+        b[union::PUT_PORTAL..union::PUT_PORTAL + 4].copy_from_slice(&portal.to_le_bytes());
+        self.hdr(wire::LnetType::Put, payload, b)
+    }
+
+    /// A GET on `portal` with `match_bits`, for at most `sink_length` bytes, whose REPLY is
+    /// to carry `ret` back.
+    pub fn get(&self, portal: u32, match_bits: u64, ret: Wmd, sink_length: u32) -> LnetHdr {
+        let mut b = [0u8; wire::LnetHdrLayout::BODY_LEN];
+        b[union::WMD..union::WMD + 16].copy_from_slice(&ret);
+        b[MATCH_BITS..MATCH_BITS + 8].copy_from_slice(&match_bits.to_le_bytes());
+        b[union::GET_PORTAL..union::GET_PORTAL + 4].copy_from_slice(&portal.to_le_bytes());
+        b[union::GET_SINK_LENGTH..union::GET_SINK_LENGTH + 4]
+            .copy_from_slice(&sink_length.to_le_bytes());
+        self.hdr(wire::LnetType::Get, 0, b)
+    }
+
+    /// The ACK of a PUT that asked for one with `wmd` (lib-msg.c:459-463, `lnet_complete_msg_locked`).
+    pub fn ack(&self, wmd: Wmd, match_bits: u64, mlength: u32) -> LnetHdr {
+        let mut b = [0u8; wire::LnetHdrLayout::BODY_LEN];
+        b[union::WMD..union::WMD + 16].copy_from_slice(&wmd);
+        b[MATCH_BITS..MATCH_BITS + 8].copy_from_slice(&match_bits.to_le_bytes());
+        b[union::ACK_MLENGTH..union::ACK_MLENGTH + 4].copy_from_slice(&mlength.to_le_bytes());
+        self.hdr(wire::LnetType::Ack, 0, b)
+    }
+
+    /// The REPLY to a GET that named `wmd`, with `payload` bytes.
+    pub fn reply(&self, wmd: Wmd, payload: u32) -> LnetHdr {
+        let mut b = [0u8; wire::LnetHdrLayout::BODY_LEN];
+        b[union::WMD..union::WMD + 16].copy_from_slice(&wmd);
+        self.hdr(wire::LnetType::Reply, payload, b)
+    }
+}
+
+/// The wire handle of a header (PUT: `ack_wmd`; GET: `return_wmd`; ACK, REPLY: `dst_wmd`).
+pub fn wmd_of(hdr: &LnetHdr) -> Wmd {
+    let mut w = [0u8; 16];
+    w.copy_from_slice(&hdr.body[union::WMD..union::WMD + 16]);
+    w
+}
+
+/// True when a PUT asks for an ACK (lib-move.c:4301, `lnet_recv_put`: `ack_wmd` not none).
+pub fn ack_requested(hdr: &LnetHdr) -> bool {
+    hdr.msg_type == wire::LnetType::Put as u32 && wmd_of(hdr) != WMD_NONE
+}
+
+/// The portal of a PUT or GET (None for the other types, which carry none).
+pub fn portal_of(hdr: &LnetHdr) -> Option<u32> {
+    let at = match wire::LnetType::from_u32(hdr.msg_type) {
+        Some(wire::LnetType::Put) => union::PUT_PORTAL,
+        Some(wire::LnetType::Get) => union::GET_PORTAL,
+        _ => return None,
+    };
+    Some(u32::from_le_bytes(
+        hdr.body[at..at + 4].try_into().unwrap_or_default(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::{net::TcpListener, time::Duration};
@@ -502,6 +614,47 @@ mod tests {
         Endian::Little.put_u32(&mut msg, at, wire::LNET_MTU + 1);
         a.send(&msg).expect("send");
         assert!(b.recv_msg(Proto::V3, Endian::Little).is_err());
+    }
+
+    /// GET, REPLY, PUT-with-ACK and ACK on one connection, both ways, their union fields read
+    /// back from the wire as lnet-idl.h lays them out.
+    #[test]
+    fn gets_replies_puts_and_acks_round_trip_both_ways() {
+        let (mut a, mut b) = pair(3);
+        let client = Msg4 {
+            dest: (nid("203.0.113.10@tcp"), PID_LUSTRE),
+            src: (nid("198.51.100.2@tcp"), PID_LUSTRE),
+        };
+        let server = Msg4 {
+            dest: (nid("203.0.113.1@tcp"), PID_USERFLAG | 40001),
+            src: (nid("203.0.113.10@tcp"), PID_LUSTRE),
+        };
+        let ret = [7u8; 16];
+        let get = client.get(0, 0x8000_0000_0000_0000, ret, 4096);
+        a.send_lnet(Proto::V3, Endian::Little, get, Vec::new(), false)
+            .expect("send");
+        let Msg::Lnet { hdr, .. } = b.recv_msg(Proto::V3, Endian::Little).expect("recv") else {
+            panic!("a NOOP instead of a GET");
+        };
+        assert_eq!(hdr, get);
+        assert_eq!((portal_of(&hdr), index_of(&hdr)), (Some(0), 1 << 63));
+        assert_eq!(hdr.body[32..36], 4096u32.to_le_bytes());
+        let reply = server.reply(wmd_of(&hdr), 3);
+        b.send_lnet(Proto::V3, Endian::Big, reply, vec![1, 2, 3], false)
+            .expect("send");
+        let Msg::Lnet { hdr, payload } = a.recv_msg(Proto::V3, Endian::Big).expect("recv") else {
+            panic!("a NOOP instead of a REPLY");
+        };
+        assert_eq!((hdr, payload), (reply, vec![1, 2, 3]));
+        assert_eq!((wmd_of(&hdr), portal_of(&hdr)), (ret, None));
+        let put = client.put(12, 5, Some([9; 16]), 0);
+        assert!(ack_requested(&put));
+        assert_eq!(put.body[32..36], 12u32.to_le_bytes());
+        assert!(!ack_requested(&server.put(10, 5, None, 0)));
+        let ack = server.ack(wmd_of(&put), 5, 0);
+        assert_eq!(ack.msg_type, LnetType::Ack as u32);
+        assert_eq!((wmd_of(&ack), index_of(&ack)), ([9; 16], 5));
+        assert!(!ack_requested(&ack));
     }
 
     /// The header of the PUT in docs/protocol.md's V3 exchange.

@@ -15,10 +15,14 @@ use lnat_common::{
 };
 
 use crate::{
+    discovery::Node,
     lnet::{self, Msg, Wire},
     report::{Put, ServedConn, ServerReport},
+    rpc_server::Session,
     workload::{self, Sizes},
 };
+
+pub use crate::rpc_server::RpcOpts;
 
 /// The acceptor's `accept` module parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +75,8 @@ pub struct ServerOpts {
     pub digest: bool,
     /// How a connection ends once its PUTs are written.
     pub end: Ending,
+    /// Rpc mode (answer requests, send callbacks, run discovery) instead of sending `puts`.
+    pub rpc: Option<RpcOpts>,
 }
 
 /// How the server ends a connection after its last write.
@@ -108,6 +114,7 @@ impl Default for ServerOpts {
             no_df: false,
             digest: true,
             end: Ending::Hold,
+            rpc: None,
         }
     }
 }
@@ -154,16 +161,20 @@ pub fn serve(opts: &ServerOpts) -> anyhow::Result<ServerReport> {
 /// and learns the port before any client dials), and reports them.
 pub fn serve_on(listener: TcpListener, opts: &ServerOpts) -> anyhow::Result<ServerReport> {
     let acked: Acked = Arc::default();
+    // The server's LNet peers, across its connections (rpc mode's discovery).
+    let node = Arc::new(Mutex::new(Node::new(
+        opts.rpc.as_ref().is_some_and(|r| r.discovery),
+    )));
     let mut threads = Vec::new();
     for _ in 0..opts.conns {
         let (stream, peer) = listener.accept().context("accepting")?;
-        let (opts, acked) = (opts.clone(), acked.clone());
+        let (opts, acked, node) = (opts.clone(), acked.clone(), node.clone());
         threads.push(std::thread::spawn(move || {
             let mut conn = ServedConn {
                 peer: peer.to_string(),
                 ..ServedConn::default()
             };
-            if let Err(e) = handle(stream, peer, &opts, &acked, &mut conn)
+            if let Err(e) = handle(stream, peer, &opts, &acked, &node, &mut conn)
                 && conn.refused.is_none()
             {
                 conn.refused = Some(format!("{e:#}"));
@@ -192,6 +203,7 @@ fn handle(
     peer: SocketAddr,
     opts: &ServerOpts,
     acked: &Acked,
+    node: &Mutex<Node>,
     conn: &mut ServedConn,
 ) -> anyhow::Result<()> {
     if opts.accept == Accept::Secure && peer.port() > wire::MAX_RESERVED_PORT {
@@ -277,6 +289,23 @@ fn handle(
         return Ok(());
     }
     w.send_hello(&reply, endian)?;
+    if let Some(rpc) = &opts.rpc {
+        let session = Session {
+            wire: w,
+            proto: hello.proto,
+            endian,
+            me: opts.nid,
+            peer: (peer_nid, peer_pid),
+            seed,
+            sizes: opts.sizes.clone(),
+            hold: opts.hold,
+            node,
+        };
+        let (served, rejected) = session.run(rpc);
+        conn.rpc = Some(served);
+        conn.rejected = rejected;
+        return Ok(());
+    }
     let client = (hello.src_nid, hello.src_incarnation);
     let done: BTreeSet<u64> = acked
         .lock()
@@ -591,6 +620,7 @@ mod tests {
             src_port: Some(0),
             digest: true,
             read_ahead: false,
+            rpc: None,
         });
         (report, t.join().expect("server thread"))
     }
@@ -682,6 +712,7 @@ mod tests {
             src_port: Some(0),
             digest: true,
             read_ahead: false,
+            rpc: None,
         });
         let served = t.join().expect("server thread");
         assert_eq!(client.status, "refused", "{}", client.reason);

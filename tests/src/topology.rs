@@ -93,6 +93,10 @@ pub struct TopoOpts {
     /// outer tag off before TC, leaves a second one in the frame TC sees, and delivers both
     /// without a VLAN device (which kernels without 802.1Q support, like CI's, cannot make).
     pub tags: u8,
+    /// The router drops new connections from outside to the clients' network, as a real NAT's
+    /// private network is not reachable from outside: a server dialling a client's private
+    /// address then times out, where otherwise the router would forward the dial.
+    pub private_unreachable: bool,
 }
 
 impl Default for TopoOpts {
@@ -112,6 +116,7 @@ impl Default for TopoOpts {
             big_tcp: None,
             forward_acceptor: false,
             tags: 0,
+            private_unreachable: false,
         }
     }
 }
@@ -366,6 +371,10 @@ impl Topology {
                  iifname \"out0\" tcp sport 988 numgen random mod 100 < {} drop\n }}\n}}\n",
                 opts.router_drop
             );
+        }
+        if opts.private_unreachable {
+            script += "table ip lnat_private {\n chain forward {\n  type filter hook forward priority 0;\n  \
+                 iifname \"out0\" ip daddr 198.51.100.0/24 ct state new drop\n }\n}\n";
         }
         nft(&self.router, &script)?;
         if opts.post_tc_drop > 0 {

@@ -161,14 +161,14 @@ fn measure(
         let Some(l) = active.lnat() else {
             return Ok(None);
         };
-        // One `lnat status` for both counters.
+        // One `lnat status` for every counter of a segment lnat drops.
         let c = l.counters()?;
         let n = |name: &str| {
             c[name]
                 .as_u64()
                 .with_context(|| format!("no counter {name}"))
         };
-        Ok(Some(n("dropped_ooo")? + n("contended")?))
+        Ok(Some(n("dropped_ooo")? + n("contended")? + n("held")?))
     };
     let drops_before = drops()?;
     let before = id.map(kernel::run_stats).transpose()?;

@@ -147,6 +147,19 @@ struct ServerArgs {
     /// How a connection ends after the last PUT is written.
     #[arg(long, value_enum, default_value_t = Ending::Hold)]
     end: Ending,
+    /// puts: send --puts PUTs; rpc: answer each request PUT with a reply PUT, send
+    /// --callbacks PUTs, and run LNet discovery before each.
+    #[arg(long, value_enum, default_value_t = Mode::Puts)]
+    mode: Mode,
+    /// In rpc mode, callback PUTs to send after the first request.
+    #[arg(long, default_value_t = 0)]
+    callbacks: u64,
+    /// In rpc mode, LNet peer discovery (lnet_peer_discovery_disabled=0 when on).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    discovery: OnOff,
+    /// In rpc mode, longest a discovery dial (to a peer's NID on port 988) may take.
+    #[arg(long, default_value_t = 2000)]
+    dial_timeout_ms: u64,
 }
 
 #[derive(Args)]
@@ -190,6 +203,37 @@ struct ClientArgs {
     /// Read in large blocks rather than message by message (benchmarks).
     #[arg(long)]
     read_ahead: bool,
+    /// puts: receive --expect PUTs; rpc: discover the server, send --requests request PUTs,
+    /// and receive as many replies and --callbacks callbacks.
+    #[arg(long, value_enum, default_value_t = Mode::Puts)]
+    mode: Mode,
+    /// In rpc mode, request PUTs to send.
+    #[arg(long, default_value_t = 1)]
+    requests: u64,
+    /// In rpc mode, callback PUTs to expect.
+    #[arg(long, default_value_t = 0)]
+    callbacks: u64,
+    /// In rpc mode, LNet peer discovery (lnet_peer_discovery_disabled=0 when on).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    discovery: OnOff,
+}
+
+/// What a peer exchanges.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// A stream of PUTs from the server.
+    Puts,
+    /// Requests, replies and callbacks, with discovery.
+    Rpc,
+}
+
+/// A switch.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 #[derive(Args)]
@@ -337,6 +381,11 @@ fn main() -> ExitCode {
                 no_df: a.no_df,
                 digest: !a.no_digest,
                 end: a.end,
+                rpc: (a.mode == Mode::Rpc).then(|| server::RpcOpts {
+                    callbacks: a.callbacks,
+                    discovery: a.discovery == OnOff::On,
+                    dial_timeout: Duration::from_millis(a.dial_timeout_ms),
+                }),
             };
             finish(server::serve(&opts))
         }
@@ -354,6 +403,11 @@ fn main() -> ExitCode {
                 src_port: a.src_port,
                 digest: !a.no_digest,
                 read_ahead: a.read_ahead,
+                rpc: (a.mode == Mode::Rpc).then(|| client::RpcOpts {
+                    requests: a.requests,
+                    callbacks: a.callbacks,
+                    discovery: a.discovery == OnOff::On,
+                }),
             };
             let report = if a.parallel > 1 {
                 client::run_many(&opts, a.parallel)
