@@ -99,12 +99,11 @@ impl SkbPacket {
 /// connection still in its handshake, has no `rcv_nxt` of the connection's.)
 const RECEIVING: u32 = 1 << 1 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
 
-/// The `rcv_nxt` of the socket `seg` is going to, with bit 32 set; 0 when there is none that
-/// receives. Inlined, and its tuple in map memory: a call frame of its own would cost 32 bytes
-/// of the 512 that the entry point and the `bpf_loop` callback share (Linux 6.1 counts frames
-/// so).
+/// The `rcv_nxt` of the socket `seg` is going to, if there is one that receives. Inlined, and
+/// its tuple in map memory: a call frame of its own would cost 32 bytes of the 512 that the
+/// entry point and the `bpf_loop` callback share (Linux 6.1 counts frames so).
 #[inline(always)]
-fn rcv_nxt(skb: *mut __sk_buff, seg: *const SegmentInfo, tuple: *mut [u8; 12]) -> u64 {
+fn rcv_nxt(skb: *mut __sk_buff, seg: *const SegmentInfo, tuple: *mut [u8; 12]) -> Option<u32> {
     // SAFETY: live per-CPU map values.
     unsafe {
         let key = (*seg).key;
@@ -125,14 +124,14 @@ fn rcv_nxt(skb: *mut __sk_buff, seg: *const SegmentInfo, tuple: *mut [u8; 12]) -
             0,
         );
         if sk.is_null() {
-            return 0;
+            return None;
         }
-        let mut found = 0;
+        let mut found = None;
         let state = (*sk).state;
         if state < 32 && RECEIVING & (1 << state) != 0 {
             let tp = bpf_tcp_sock(sk);
             if !tp.is_null() {
-                found = 1 << 32 | (*tp).rcv_nxt as u64;
+                found = Some((*tp).rcv_nxt);
             }
         }
         bpf_sk_release(sk.cast());
@@ -142,8 +141,7 @@ fn rcv_nxt(skb: *mut __sk_buff, seg: *const SegmentInfo, tuple: *mut [u8; 12]) -
 
 impl Packet for SkbPacket {
     fn received(&mut self) -> Option<u32> {
-        let r = rcv_nxt(self.skb, self.seg, self.tuple);
-        (r >> 32 != 0).then_some(r as u32)
+        rcv_nxt(self.skb, self.seg, self.tuple)
     }
 
     fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {

@@ -362,14 +362,18 @@ pub fn exchange(
 }
 
 /// The usual server in `t`: SERVER_NID, `accept=all`, `n` PUTs of `sizes` to each peer, and
-/// `extra` flags.
+/// `extra` flags; returned once it listens, so that a client started next is not refused (a
+/// TCG guest showed that race).
 pub fn lnet_server(t: &Topology, n: u64, sizes: &str, extra: &[&str]) -> anyhow::Result<Proc> {
     let n = n.to_string();
     let mut args = vec![
         "--nid", SERVER_NID, "--accept", "all", "--puts", &n, "--sizes", sizes,
     ];
     args.extend_from_slice(extra);
-    server(t.server(), &args)
+    let s = server(t.server(), &args)?;
+    t.server()
+        .wait_listening(crate::topology::ACCEPTOR_PORT, Duration::from_secs(10))?;
+    Ok(s)
 }
 
 /// The usual client in `t`: the first client (CLIENT_NID) dials SERVER_NID for `n` PUTs and
@@ -408,8 +412,6 @@ pub fn puts(
     let mut server_args = vec!["--noop-every", "7"];
     server_args.extend_from_slice(server_extra);
     let s = lnet_server(t, n, sizes, &server_args)?;
-    t.server()
-        .wait_listening(crate::topology::ACCEPTOR_PORT, Duration::from_secs(10))?;
     let c = lnet_client(t, n, Duration::from_secs(400), client_extra)?;
     let c = client_report(c, Duration::from_secs(450))?;
     Ok((c, server_report(s, Duration::from_secs(450))?))

@@ -68,6 +68,19 @@ struct Discovering<'c, 'a> {
     rejected: Option<String>,
 }
 
+impl<'c, 'a> Discovering<'c, 'a> {
+    /// Discovery's view of `conn` for one send or receive, reporting into `report`.
+    fn new(conn: &'c mut Conn<'a>, own: &PingInfo, report: &'c mut RpcClient) -> Self {
+        Discovering {
+            conn,
+            own: own.clone(),
+            report,
+            early: Vec::new(),
+            rejected: None,
+        }
+    }
+}
+
 impl Conn<'_> {
     fn to_server(&self) -> Msg4 {
         Msg4 {
@@ -176,13 +189,7 @@ pub(crate) fn session(
     let own = node.ping_info(&[conn.me]);
     let mut early = Vec::new();
     for index in 0..opts.requests {
-        let mut d = Discovering {
-            conn,
-            own: own.clone(),
-            report: r,
-            early: Vec::new(),
-            rejected: None,
-        };
+        let mut d = Discovering::new(conn, &own, r);
         // lnet_initiate_peer_discovery (lib-move.c:1970) before each request PUT.
         let ready = node.before_send(d.conn.server, true, &mut d);
         early.append(&mut d.early);
@@ -212,13 +219,7 @@ pub(crate) fn session(
                 Err(why) => return Ok(Outcome::Rejected(why)),
             },
         };
-        let mut d = Discovering {
-            conn,
-            own: own.clone(),
-            report: r,
-            early: Vec::new(),
-            rejected: None,
-        };
+        let mut d = Discovering::new(conn, &own, r);
         d.receive(&mut node, &hdr, payload)?;
         pending.extend(d.early);
         if let Some(why) = d.rejected {

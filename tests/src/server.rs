@@ -337,7 +337,16 @@ fn handle(
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
-            return corrupt(&mut w, opts, hello.proto, endian, peer_nid, peer_pid);
+            corrupt(&mut w, opts, hello.proto, endian, peer_nid, peer_pid)?;
+            if matches!(opts.corrupt, Some(Corrupt::MsgType | Corrupt::TooLong)) {
+                // A server stays up after its peer rejects a unit: exiting at once would reset
+                // the peer while it still reads (and ACKs) the good PUTs before the bad one.
+                let deadline = Instant::now() + opts.hold;
+                while !reader.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            return Ok(());
         }
         let size = workload::size(&opts.sizes, seed, index);
         let (payload, digest) = if opts.digest {

@@ -12,7 +12,7 @@ use lnat_tests::{
     discovery::PeerSummary,
     harness::{self, Host, Lnat},
     ping,
-    report::{ClientReport, Dial, RpcServed, ServerReport},
+    report::{ClientReport, Dial, RpcClient, RpcServed, ServerReport},
     topology::{CLIENT_NID, NAT_NID, NatMode, SERVER, SERVER_NID, TopoOpts, Topology},
 };
 
@@ -121,6 +121,19 @@ fn dials(r: &RpcServed) -> Vec<Dial> {
         .collect()
 }
 
+/// Asserts the client discovered the server over its own connection: primary NID the server's,
+/// Multi-Rail when the server's ping data said so.
+fn assert_client_discovered_the_server(c: &RpcClient, multi_rail: bool) {
+    let peer = c
+        .server_peer
+        .clone()
+        .expect("the client's peer of the server");
+    assert_eq!(
+        (peer.primary_nid.as_str(), peer.discovered, peer.multi_rail),
+        (SERVER_NID, true, multi_rail)
+    );
+}
+
 /// Asserts every reply and callback failed with `errno`, none reached the client, and the
 /// client timed out waiting with its requests all sent.
 fn assert_nothing_delivered(client: &ClientReport, r: &RpcServed, errno: i32) {
@@ -194,14 +207,7 @@ fn with_discovery_on_the_servers_puts_fail_on_the_private_nid_then_the_nat() {
     assert_eq!((c.pings, c.pushes, c.pushes_acked), (1, 1, 1));
     assert_eq!(c.ping_reply_features, vec![FEATURES_ON]);
     assert_eq!(c.ping_data_nids, vec![CLIENT_NID.to_string()]);
-    let peer = c
-        .server_peer
-        .clone()
-        .expect("the client's peer of the server");
-    assert_eq!(
-        (peer.primary_nid.as_str(), peer.discovered, peer.multi_rail),
-        (SERVER_NID, true, true)
-    );
+    assert_client_discovered_the_server(c, true);
     lnat.stop().expect("stop");
 }
 
@@ -240,14 +246,7 @@ fn with_discovery_off_at_the_server_it_still_pings_the_nat_and_is_refused() {
         assert_eq!((c.pings, c.pushes), (1, 0), "client {client_disc}");
         assert_eq!(c.ping_reply_features, vec![FEATURES_OFF]);
         assert!(c.ping_data_nids.is_empty());
-        let peer = c
-            .server_peer
-            .clone()
-            .expect("the client's peer of the server");
-        assert_eq!(
-            (peer.primary_nid.as_str(), peer.discovered, peer.multi_rail),
-            (SERVER_NID, true, false)
-        );
+        assert_client_discovered_the_server(c, false);
     }
     lnat.stop().expect("stop");
 }

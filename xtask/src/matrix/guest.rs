@@ -20,7 +20,9 @@ const BOOT_MODULES: [&str; 3] = ["virtio_pci", "9pnet_virtio", "9p"];
 /// on `/run` (network namespaces, lnat's lock, and `TMPDIR`; `/tmp` stays the host's, where a
 /// checkout may live), point the kernel's module loader at the guest kernel's own modules,
 /// switch to that root and run the script named on the command line. Its last line says how
-/// the script ended; then the guest powers off.
+/// the script ended; then, a second later, the guest powers off: the kernel's "sysrq: Power
+/// Off" line, printed at once, could otherwise land inside that line on the serial console
+/// (seen on 6.12: `LNAT-GUEST-EXIT=[ 181.787439] sysrq: Power Off` and the `0` after it).
 const INIT: &str = r#"#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -30,7 +32,7 @@ for a in $(cat /proc/cmdline); do
     case "$a" in lnat.run=*) RUN=${a#lnat.run=};; lnat.kernel=*) KERNEL=${a#lnat.kernel=};; esac
 done
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 host /host; then
-    echo "lnat-guest: cannot mount the host's root"; echo "LNAT-GUEST-EXIT=125"; poweroff -f
+    echo "lnat-guest: cannot mount the host's root"; echo "LNAT-GUEST-EXIT=125"; sleep 1; poweroff -f
 fi
 mount -t tmpfs run /host/run
 mkdir /host/run/tmp
@@ -41,7 +43,7 @@ mount --move /sys /host/sys
 mount --move /dev /host/dev
 exec switch_root /host /bin/sh -c "echo /run/lnat-modprobe > /proc/sys/kernel/modprobe
 mount -t bpf bpf /sys/fs/bpf
-TMPDIR=/run/tmp /bin/sh $RUN; echo LNAT-GUEST-EXIT=\$?; echo o > /proc/sysrq-trigger; sleep 60"
+TMPDIR=/run/tmp /bin/sh $RUN; echo LNAT-GUEST-EXIT=\$?; sleep 1; echo o > /proc/sysrq-trigger; sleep 60"
 "#;
 
 /// Builds the initramfs for `kernel` in `dir`: busybox, the boot modules, `/init`.
