@@ -32,9 +32,30 @@ pub mod names {
     pub const SCRATCH: &str = "LNAT_SCRATCH";
     /// Per-packet working state of the datapath ([`super::Work`]).
     pub const WORK: &str = "LNAT_WORK";
+    /// The streams this host sends on followed connections ([`super::FlowKey`] to
+    /// [`super::OutFlowState`]), followed by the egress program for its discovery pushes.
+    pub const OUT_FLOWS: &str = "LNAT_OUT_FLOWS";
+    /// [`QUIET`] for the streams this host sends.
+    pub const OUT_QUIET: &str = "LNAT_OUT_QUIET";
+    /// [`SCRATCH`] for an outgoing flow entry ([`super::OutFlowState`]).
+    pub const OUT_SCRATCH: &str = "LNAT_OUT_SCRATCH";
+    /// [`WORK`] for the egress program: its own, as an egress run may begin on a CPU whose
+    /// ingress run it interrupted.
+    pub const OUT_WORK: &str = "LNAT_OUT_WORK";
     /// Every map lnat pins, in the order `lnat status` reports them.
-    pub const ALL: [&str; 8] = [
-        CONFIG, MAPPINGS, FLOWS, QUIET, COUNTERS, EVENTS, SCRATCH, WORK,
+    pub const ALL: [&str; 12] = [
+        CONFIG,
+        MAPPINGS,
+        FLOWS,
+        QUIET,
+        COUNTERS,
+        EVENTS,
+        SCRATCH,
+        WORK,
+        OUT_FLOWS,
+        OUT_QUIET,
+        OUT_SCRATCH,
+        OUT_WORK,
     ];
 }
 
@@ -242,6 +263,25 @@ counters! {
     /// Of `segments`, those of connections already closing (after their FIN or RST):
     /// retransmissions and late copies, rewritten as their first copy was.
     closing,
+    /// Server ping replies given the DISCOVERY feature, so that this host pushes its ping
+    /// information to a server whose discovery is off (docs/discovery.md, ingress rule I1).
+    discoverable,
+    /// Segments with payload this host sent on a followed connection (the egress program).
+    out_segments,
+    /// This host's own NIDs in its discovery pushes, made its external NID.
+    own_nids,
+    /// Discovery pushes sent without the DISCOVERY feature, so that the server needs no push
+    /// back over a connection it cannot open (docs/discovery.md, R2).
+    undiscovered,
+    /// Outgoing segments dropped for TCP to resend: past a header not yet seen, on a stream
+    /// another CPU was working on, or held for the patch history.
+    out_dropped,
+    /// Outgoing streams given up as unfollowable and passed through from then on.
+    out_desynced,
+    /// Outgoing segments overlapping a stretch whose patches the history forgot.
+    out_history_misses,
+    /// Outgoing streams followed from their handshake.
+    out_flows_opened,
 }
 
 /// The adapter's cache of the last mapping lookup, so headers to the same NID skip the map.
@@ -384,7 +424,8 @@ mod tests {
         let fields = sum.fields();
         assert_eq!(fields.len(), Counters::COUNT);
         assert_eq!(fields[0], ("segments", 3));
-        assert_eq!(fields[Counters::COUNT - 2], ("quiet", 7));
+        let quiet = fields.iter().position(|f| f.0 == "quiet").expect("quiet");
+        assert_eq!(fields[quiet], ("quiet", 7));
         assert!(fields.contains(&("fragments", 5)));
         assert_eq!(
             size_of::<Counters>(),
@@ -399,7 +440,7 @@ mod tests {
             );
         }
         assert_eq!(
-            Counters::DESCRIPTIONS[Counters::COUNT - 2].1,
+            Counters::DESCRIPTIONS[quiet].1,
             "Of `segments`, those passed on their flow's quiet window without the tracker: the \
              middle of payloads, most of a bulk transfer (see `quiet`)."
         );

@@ -123,6 +123,8 @@ pub enum Note {
     Compensated,
     /// A discovery push's DISCOVERY feature bit was cleared.
     Undiscovering,
+    /// A server's ping reply was given the DISCOVERY feature bit.
+    Discoverable,
     /// A NID decided on its first bytes turned out to want a different decision.
     Conflict,
     /// The stream can no longer be followed.

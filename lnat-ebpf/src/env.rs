@@ -152,8 +152,8 @@ impl Env for DpEnv<'_> {
                 maps::count(|c| c.rewritten += 1);
             }
             Note::Compensated => maps::count(|c| c.compensated += 1),
-            // Only outgoing streams clear the DISCOVERY bit; the egress program is to count it.
-            Note::Undiscovering => {}
+            Note::Undiscovering => maps::count(|c| c.undiscovered += 1),
+            Note::Discoverable => maps::count(|c| c.discoverable += 1),
             Note::Conflict => {
                 maps::count(|c| c.conflicts += 1);
                 warn!(
