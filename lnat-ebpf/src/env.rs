@@ -5,31 +5,36 @@ use aya_log_ebpf::{info, warn};
 use lnat_common::{
     maps::{Config, FlowKey, FlowState, LearnEvent, Mapping, NidKey, Origin, Work},
     nid::Nid,
-    tracker::{Env, Note},
+    tracker::{Direction, Env, Note},
 };
 
-use crate::maps;
+use crate::{
+    maps,
+    side::{self, Side, Tally},
+};
 
 /// The errno a `BPF_NOEXIST` insert fails with when the key is there.
 const EEXIST: i32 = 17;
 
-/// The tracker's environment for one packet.
-pub struct DpEnv<'a> {
+/// The tracker's environment for one packet of side `S`.
+pub struct DpEnv<'a, const N: usize, S: Side<N>> {
     ctx: &'a TcContext,
     cfg: *mut Config,
-    flow: *mut FlowState,
+    flow: *mut FlowState<N>,
     work: *mut Work,
+    side: core::marker::PhantomData<S>,
 }
 
-impl<'a> DpEnv<'a> {
+impl<'a, const N: usize, S: Side<N>> DpEnv<'a, N, S> {
     /// The environment for `seg`, whose flow state is `flow`.
-    pub fn new(ctx: &'a TcContext, flow: *mut FlowState, work: *mut Work) -> Option<Self> {
+    pub fn new(ctx: &'a TcContext, flow: *mut FlowState<N>, work: *mut Work) -> Option<Self> {
         let cfg = maps::LNAT_CONFIG.get_ptr_mut(0)?;
         Some(DpEnv {
             ctx,
             cfg,
             flow,
             work,
+            side: core::marker::PhantomData,
         })
     }
 
@@ -73,7 +78,7 @@ impl<'a> DpEnv<'a> {
     }
 }
 
-impl Env for DpEnv<'_> {
+impl<const N: usize, S: Side<N>> Env for DpEnv<'_, N, S> {
     fn mapping(&mut self, nid: Nid) -> Option<u32> {
         // SAFETY: config and flow values outlive the packet's processing.
         let (generation, cache) = unsafe { ((*self.cfg).generations(), &mut (*self.flow).cache) };
@@ -144,12 +149,25 @@ impl Env for DpEnv<'_> {
         );
     }
 
+    /// The NID the server named this host by in its HELLO on this connection: the hint of the
+    /// connection's incoming stream (read without its claim: one aligned word, which the
+    /// ingress program writes once, at the HELLO, before this host sends any LNet message).
+    fn external(&mut self) -> Option<Nid> {
+        let f = maps::FLOWS.get_ptr(self.key())?;
+        // SAFETY: a live flow-table value; the word is read whole.
+        let hint = unsafe { core::ptr::read_volatile(&raw const (*f).tracker.hint) };
+        (hint != 0).then_some(Nid(hint))
+    }
+
     fn note(&mut self, what: Note) {
         match what {
             Note::Rewrote => {
                 // SAFETY: this CPU's work area.
                 unsafe { (*self.work).rewrites += 1 };
-                maps::count(|c| c.rewritten += 1);
+                match S::DIR {
+                    Direction::In => maps::count(|c| c.rewritten += 1),
+                    Direction::Out => maps::count(|c| c.own_nids += 1),
+                }
             }
             Note::Compensated => maps::count(|c| c.compensated += 1),
             Note::Undiscovering => maps::count(|c| c.undiscovered += 1),
@@ -163,8 +181,19 @@ impl Env for DpEnv<'_> {
                     self.key().peer_port
                 );
             }
+            Note::Desynced(why) if S::DIR == Direction::Out => {
+                side::count::<N, S>(Tally::Desynced);
+                warn!(
+                    self.ctx,
+                    "stopped following the stream to {:i}:{} from port {}: {}",
+                    u32::from_be_bytes(self.key().peer_addr),
+                    self.key().peer_port,
+                    self.key().local_port,
+                    why.name()
+                );
+            }
             Note::Desynced(why) => {
-                maps::count(|c| c.desynced += 1);
+                side::count::<N, S>(Tally::Desynced);
                 warn!(
                     self.ctx,
                     "stopped following {:i}:{} -> port {}: {}",

@@ -1,5 +1,6 @@
 //! lnat's BPF maps. The names are `lnat_common::maps::names`; the types are shared with `lnat`.
 
+use crate::side::Windows;
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
@@ -7,7 +8,7 @@ use aya_ebpf::{
 use lnat_common::{
     maps::{
         Config, Counters, DEFAULT_FLOWS, FlowKey, FlowState, LearnEvent, MAX_MAPPINGS, Mapping,
-        NidKey, Work,
+        NidKey, OutFlowState, Work,
     },
     quiet::Quiet,
 };
@@ -46,19 +47,38 @@ pub static LNAT_SCRATCH: PerCpuArray<FlowState, 1> = PerCpuArray::new();
 #[btf_map]
 pub static LNAT_WORK: PerCpuArray<Work, 1> = PerCpuArray::new();
 
+/// The streams this host sends on followed connections, for the egress program.
+#[btf_map]
+pub static LNAT_OUT_FLOWS: LruHashMap<FlowKey, OutFlowState, { DEFAULT_FLOWS as usize }> =
+    LruHashMap::new();
+
+/// Quiet windows of the streams this host sends.
+#[btf_map]
+pub static LNAT_OUT_QUIET: LruHashMap<FlowKey, Quiet, { DEFAULT_FLOWS as usize }> =
+    LruHashMap::new();
+
+/// Where a new outgoing flow entry is built.
+#[btf_map]
+pub static LNAT_OUT_SCRATCH: PerCpuArray<OutFlowState, 1> = PerCpuArray::new();
+
+/// Per-packet working state of the egress program: its own, as an egress run may begin on a
+/// CPU in the middle of an ingress one (a softirq's reply sent from within it).
+#[btf_map]
+pub static LNAT_OUT_WORK: PerCpuArray<Work, 1> = PerCpuArray::new();
+
 /// Shorter names for the rest of the crate.
 pub use LNAT_FLOWS as FLOWS;
 pub use LNAT_MAPPINGS as MAPPINGS;
-pub use LNAT_QUIET as QUIET;
 
-/// Publishes `q` as where `key`'s segments pass without the tracker: one aligned word, written
-/// whole for readers that take no claim.
-pub fn publish(key: &FlowKey, q: Quiet) {
-    if let Some(v) = QUIET.get_ptr_mut(key) {
+/// Publishes `q` as where `key`'s segments pass without the tracker in `windows`: one aligned
+/// word, written whole for readers that take no claim.
+#[inline(always)]
+pub fn publish(windows: &Windows, key: &FlowKey, q: Quiet) {
+    if let Some(v) = windows.get_ptr_mut(key) {
         // SAFETY: a live value of the table, one aligned u64.
         unsafe { core::ptr::write_volatile(v, q) };
     } else {
-        let _ = QUIET.insert(key, q, 0);
+        let _ = windows.insert(key, q, 0);
     }
 }
 

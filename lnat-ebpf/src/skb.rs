@@ -13,6 +13,7 @@ use lnat_common::{
     history::Clip,
     maps::{SegmentInfo, Work},
     segment::Packet,
+    tracker::Direction,
 };
 
 /// `v`, with everything the compiler knows about it forgotten.
@@ -53,17 +54,21 @@ pub struct SkbPacket {
     pulled: *mut u32,
     /// Where a socket lookup's tuple is built (map memory too).
     tuple: *mut [u8; 12],
+    /// Which way the packet flows: who receives its bytes.
+    dir: Direction,
 }
 
 impl SkbPacket {
-    /// The payload of the segment `work` describes in `ctx`; `work` also keeps what is linear.
-    pub fn new(ctx: &TcContext, work: *mut Work) -> Self {
+    /// The payload of the segment `work` describes in `ctx`, flowing `dir`; `work` also keeps
+    /// what is linear.
+    pub fn new(ctx: &TcContext, work: *mut Work, dir: Direction) -> Self {
         SkbPacket {
             skb: ctx.skb.skb,
             // SAFETY: only field addresses of a live per-CPU map value are taken.
             seg: unsafe { &raw const (*work).seg },
             pulled: unsafe { &raw mut (*work).pulled },
             tuple: unsafe { &raw mut (*work).tuple },
+            dir,
         }
     }
 
@@ -94,10 +99,10 @@ impl SkbPacket {
     }
 }
 
-/// TCP states in which a socket still takes in data, so that its `rcv_nxt` says what it has:
-/// established, FIN-WAIT-1 and 2, CLOSE-WAIT, LAST-ACK, CLOSING. (A listener, found for a
-/// connection still in its handshake, has no `rcv_nxt` of the connection's.)
-const RECEIVING: u32 = 1 << 1 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
+/// TCP states of a synchronised connection, whose `rcv_nxt` and `snd_una` say what each end
+/// has received: established, FIN-WAIT-1 and 2, CLOSE-WAIT, LAST-ACK, CLOSING. (A listener,
+/// found for a connection still in its handshake, has no `rcv_nxt` of the connection's.)
+const SYNCHRONISED: u32 = 1 << 1 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
 
 /// The `rcv_nxt` of the socket `seg` is going to, if there is one that receives. Inlined, and
 /// its tuple in map memory: a call frame of its own would cost 32 bytes of the 512 that the
@@ -128,7 +133,7 @@ fn rcv_nxt(skb: *mut __sk_buff, seg: *const SegmentInfo, tuple: *mut [u8; 12]) -
         }
         let mut found = None;
         let state = (*sk).state;
-        if state < 32 && RECEIVING & (1 << state) != 0 {
+        if state < 32 && SYNCHRONISED & (1 << state) != 0 {
             let tp = bpf_tcp_sock(sk);
             if !tp.is_null() {
                 found = Some((*tp).rcv_nxt);
@@ -139,9 +144,32 @@ fn rcv_nxt(skb: *mut __sk_buff, seg: *const SegmentInfo, tuple: *mut [u8; 12]) -
     }
 }
 
+/// The `snd_una` of the socket sending the egress packet `skb`: what the peer has
+/// acknowledged. The packet names its socket; no lookup.
+#[inline(always)]
+fn snd_una(skb: *mut __sk_buff) -> Option<u32> {
+    // SAFETY: `sk` is a context field the verifier types as a socket or null; the TCP view of
+    // it is checked for null, and neither needs a release.
+    unsafe {
+        let sk = (*skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return None;
+        }
+        let state = (*sk).state;
+        if state >= 32 || SYNCHRONISED & (1 << state) == 0 {
+            return None;
+        }
+        let tp = bpf_tcp_sock(sk);
+        (!tp.is_null()).then(|| (*tp).snd_una)
+    }
+}
+
 impl Packet for SkbPacket {
     fn received(&mut self) -> Option<u32> {
-        rcv_nxt(self.skb, self.seg, self.tuple)
+        match self.dir {
+            Direction::In => rcv_nxt(self.skb, self.seg, self.tuple),
+            Direction::Out => snd_una(self.skb),
+        }
     }
 
     fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {

@@ -57,6 +57,11 @@ pub struct AttachArgs {
     /// Connections the flow table follows at once; the least recently used make room.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_FLOWS)]
     pub max_flows: u32,
+    /// Attach only the ingress program: this host's discovery pushes leave as LNet wrote them,
+    /// naming its private NID, and servers running LNet 2.11+ cannot send it their own RPC
+    /// replies or callbacks (docs/discovery.md).
+    #[arg(long)]
+    pub ingress_only: bool,
 }
 
 /// `lnat status`.

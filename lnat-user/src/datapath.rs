@@ -13,7 +13,10 @@ use aya::{
     sys::{BpfHelper, is_helper_supported, is_map_supported},
 };
 use lnat_common::{
-    maps::{Config, Counters, FlowKey, FlowState, MAX_PORTS, Mapping, NidKey, Origin, names},
+    maps::{
+        Config, Counters, FlowKey, FlowState, MAX_PORTS, Mapping, NidKey, Origin, OutFlowState,
+        names,
+    },
     nid::Nid,
 };
 
@@ -22,8 +25,45 @@ use crate::{iface::Iface, kernel, pins, verifier::Rejected};
 /// The compiled TC program (built by build.rs from `lnat-ebpf`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lnat"));
 
-/// Name of the classifier in the object, and of the program `bpftool prog` shows.
+/// Name of the ingress classifier in the object, and of the program `bpftool prog` shows.
 pub const PROGRAM: &str = "lnat";
+
+/// A TC hook lnat attaches a program to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// What servers send: their destination NIDs are rewritten.
+    Ingress,
+    /// What this host sends: its discovery pushes are rewritten (docs/discovery.md).
+    Egress,
+}
+
+impl Hook {
+    /// Both hooks, in the order they are attached.
+    pub const BOTH: [Hook; 2] = [Hook::Ingress, Hook::Egress];
+
+    /// The classifier for the hook, by the name `bpftool prog` shows.
+    pub const fn program(self) -> &'static str {
+        match self {
+            Hook::Ingress => PROGRAM,
+            Hook::Egress => "lnat_egress",
+        }
+    }
+
+    /// A short name for output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+        }
+    }
+
+    const fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::Ingress => TcAttachType::Ingress,
+            Hook::Egress => TcAttachType::Egress,
+        }
+    }
+}
 
 /// How the program sits on the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -49,21 +89,38 @@ impl Mode {
 pub struct Attached {
     /// How it is attached.
     pub mode: Mode,
-    /// The kernel's id of the program.
-    pub program_id: u32,
-    /// The tcx link or clsact filter, for [`detach`].
-    link: SchedClassifierLinkId,
+    /// Each hook's program id and its tcx link or clsact filter, for [`detach`].
+    links: Vec<(Hook, u32, SchedClassifierLinkId)>,
 }
 
-/// The lnat program working on an interface, as the kernel reports it.
+impl Attached {
+    /// The kernel's id of the program on `hook`, if it is attached there.
+    pub fn program_id(&self, hook: Hook) -> Option<u32> {
+        self.links
+            .iter()
+            .find(|(h, ..)| *h == hook)
+            .map(|(_, id, _)| *id)
+    }
+}
+
+/// One of the lnat programs working on an interface, as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Running {
-    /// How it is attached.
-    pub mode: Mode,
+pub struct Program {
     /// The kernel's id of the program.
-    pub program_id: u32,
+    pub id: u32,
     /// Instructions the verifier processed to accept it (out of its 1M limit).
     pub verified_insns: Option<u32>,
+}
+
+/// The lnat programs working on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Running {
+    /// How they are attached.
+    pub mode: Mode,
+    /// The ingress program.
+    pub ingress: Program,
+    /// The egress program, unless attached with `--ingress-only`.
+    pub egress: Option<Program>,
 }
 
 /// Loads the object with the flow table sized to `max_flows`; the program is not yet verified.
@@ -76,6 +133,8 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries(names::FLOWS, max_flows)
         .map_max_entries(names::QUIET, max_flows)
+        .map_max_entries(names::OUT_FLOWS, max_flows)
+        .map_max_entries(names::OUT_QUIET, max_flows)
         .load(OBJECT)
         .map_err(|e| map_error(&kernel::name(), e))
 }
@@ -152,7 +211,7 @@ fn map_error(kernel: &str, e: EbpfError) -> anyhow::Error {
 /// The mode `mode` (or, when `None`, the best the kernel has for `iface`: tcx where it has
 /// tcx links, Linux 6.6 and later).
 pub fn choose(mode: Option<Mode>, iface: &str) -> anyhow::Result<Mode> {
-    let tcx = tcx_programs(iface)?.is_some();
+    let tcx = tcx_programs(iface, Hook::Ingress)?.is_some();
     match mode {
         Some(Mode::Tcx) if !tcx => bail!(
             "{} has no tcx (Linux 6.6+); use --attach-mode clsact",
@@ -164,11 +223,19 @@ pub fn choose(mode: Option<Mode>, iface: &str) -> anyhow::Result<Mode> {
     }
 }
 
-/// Removes an lnat clsact filter left on `iface` by an lnat that was killed (tcx links go
+/// Removes the lnat clsact filters left on `iface` by an lnat that was killed (tcx links go
 /// with their process; filters do not). True if there was one. Asked whatever the mode, on
 /// kernels with tcx too: the killed lnat may have used clsact.
-pub fn remove_stale_filter(iface: &str) -> anyhow::Result<bool> {
-    match tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROGRAM) {
+pub fn remove_stale_filters(iface: &str) -> anyhow::Result<bool> {
+    let mut removed = false;
+    for hook in Hook::BOTH {
+        removed |= remove_stale_filter(iface, hook)?;
+    }
+    Ok(removed)
+}
+
+fn remove_stale_filter(iface: &str, hook: Hook) -> anyhow::Result<bool> {
+    match tc::qdisc_detach_program(iface, hook.attach_type(), hook.program()) {
         Ok(()) => Ok(true),
         Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         // No clsact qdisc, so no filter.
@@ -181,15 +248,49 @@ pub fn remove_stale_filter(iface: &str) -> anyhow::Result<bool> {
     }
 }
 
-/// Verifies the program and attaches it to `iface` ingress: first in the tcx chain, so that a
-/// program with a final verdict cannot hide packets from it, or as a clsact filter.
-pub fn attach(ebpf: &mut Ebpf, iface: &Iface, mode: Mode) -> anyhow::Result<Attached> {
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(PROGRAM)
-        .context("the datapath object has no lnat program")?
+/// Verifies the programs for `hooks` and attaches each to its hook of `iface`: first in the
+/// tcx chain, so that a program with a final verdict cannot hide packets from it, or as a
+/// clsact filter. A program that fails leaves the ones before it attached, for the caller to
+/// [`detach`] or drop.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &Iface,
+    mode: Mode,
+    hooks: &[Hook],
+) -> anyhow::Result<Attached> {
+    if mode == Mode::Clsact
+        && let Err(e) = tc::qdisc_add_clsact(&iface.name)
+        && !already_exists(&e)
+    {
+        return Err(e).with_context(|| format!("adding a clsact qdisc to {}", iface.name));
+    }
+    let mut attached = Attached {
+        mode,
+        links: Vec::new(),
+    };
+    for &hook in hooks {
+        let (id, link) = attach_one(ebpf, iface, mode, hook)?;
+        attached.links.push((hook, id, link));
+    }
+    Ok(attached)
+}
+
+fn classifier(ebpf: &mut Ebpf, hook: Hook) -> anyhow::Result<&mut SchedClassifier> {
+    let name = hook.program();
+    ebpf.program_mut(name)
+        .with_context(|| format!("the datapath object has no {name} program"))?
         .try_into()
-        .context("the lnat program is not a TC classifier")?;
-    prog.load().map_err(|e| match e {
+        .with_context(|| format!("the {name} program is not a TC classifier"))
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    iface: &Iface,
+    mode: Mode,
+    hook: Hook,
+) -> anyhow::Result<(u32, SchedClassifierLinkId)> {
+    let prog = classifier(ebpf, hook)?;
+    let loaded = prog.load().map_err(|e| match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
@@ -199,49 +300,47 @@ pub fn attach(ebpf: &mut Ebpf, iface: &Iface, mode: Mode) -> anyhow::Result<Atta
             &verifier_log.to_string(),
         )),
         e => anyhow::Error::new(e).context("loading the datapath's program"),
-    })?;
-    let link = if mode == Mode::Tcx {
-        prog.attach_with_options(
-            &iface.name,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::first()),
-        )
-        .with_context(|| format!("attaching to {} ingress with tcx", iface.name))?
-    } else {
-        if let Err(e) = tc::qdisc_add_clsact(&iface.name)
-            && !already_exists(&e)
-        {
-            return Err(e).with_context(|| format!("adding a clsact qdisc to {}", iface.name));
+    });
+    match hook {
+        Hook::Ingress => loaded?,
+        Hook::Egress => {
+            loaded.context("the egress program (--ingress-only attaches without it)")?
         }
-        let options = NlOptions {
+    }
+    let options = match mode {
+        Mode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
+        Mode::Clsact => TcAttachOptions::Netlink(NlOptions {
             priority: 1,
             ..NlOptions::default()
-        };
-        prog.attach_with_options(
-            &iface.name,
-            TcAttachType::Ingress,
-            TcAttachOptions::Netlink(options),
-        )
-        .with_context(|| format!("attaching to {} ingress on clsact", iface.name))?
+        }),
     };
-    let program_id = prog.info().context("reading the program's id")?.id();
-    Ok(Attached {
-        mode,
-        program_id,
-        link,
-    })
+    let link = prog
+        .attach_with_options(&iface.name, hook.attach_type(), options)
+        .with_context(|| {
+            format!(
+                "attaching to {} {} with {}",
+                iface.name,
+                hook.name(),
+                mode.name()
+            )
+        })?;
+    let id = prog
+        .info()
+        .with_context(|| format!("reading the id of the {} program", hook.program()))?
+        .id();
+    Ok((id, link))
 }
 
-/// Removes the tcx link or the clsact filter `attached` made, the same way in either mode,
+/// Removes the tcx links or the clsact filters `attached` made, the same way in either mode,
 /// and says so if that fails (dropping the object would do it silently).
 pub fn detach(ebpf: &mut Ebpf, iface: &str, attached: Attached) -> anyhow::Result<()> {
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(PROGRAM)
-        .context("the datapath object has no lnat program")?
-        .try_into()
-        .context("the lnat program is not a TC classifier")?;
-    prog.detach(attached.link)
-        .with_context(|| format!("detaching from {iface} ingress ({})", attached.mode.name()))
+    let mode = attached.mode;
+    for (hook, _, link) in attached.links.into_iter().rev() {
+        classifier(ebpf, hook)?
+            .detach(link)
+            .with_context(|| format!("detaching from {iface} {} ({})", hook.name(), mode.name()))?;
+    }
+    Ok(())
 }
 
 /// True when an error says, somewhere in its chain, that the thing already exists.
@@ -259,21 +358,24 @@ fn already_exists(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The lnat program working on `iface`, in either mode: the loaded program that uses the
-/// interface's pinned LNAT_CONFIG (each attachment has its own maps). It is attached by tcx
-/// if tcx lists it on the interface, else by the clsact filter that alone keeps it loaded.
+/// The lnat programs working on `iface`, in either mode: the loaded programs that use the
+/// interface's pinned LNAT_CONFIG (each attachment has its own maps). They are attached by
+/// tcx if tcx lists the ingress one on the interface, else by the clsact filters that alone
+/// keep them loaded.
 pub fn running(iface: &str) -> anyhow::Result<Option<Running>> {
     let config = pins::open(iface, names::CONFIG)?
         .info()
         .with_context(|| format!("reading the id of {iface}'s {}", names::CONFIG))?
         .id();
-    let mut found = None;
+    let (mut ingress, mut egress) = (None, None);
     for p in aya::programs::loaded_programs() {
         // A program unloaded while the list is read is not ours to report.
         let Ok(p) = p else { continue };
-        if p.name_as_str() != Some(PROGRAM) {
-            continue;
-        }
+        let slot = match p.name_as_str() {
+            Some(n) if n == Hook::Ingress.program() => &mut ingress,
+            Some(n) if n == Hook::Egress.program() => &mut egress,
+            _ => continue,
+        };
         // Nor is one unloaded before its maps are read (another lnat detaching meanwhile).
         let maps = match p.map_ids() {
             Err(ProgramError::SyscallError(e))
@@ -284,38 +386,51 @@ pub fn running(iface: &str) -> anyhow::Result<Option<Running>> {
             maps => maps.with_context(|| format!("reading the maps of program {}", p.id()))?,
         };
         if maps.is_some_and(|ids| ids.contains(&config)) {
-            found = Some(p);
-            break;
+            *slot = Some(Program {
+                id: p.id(),
+                verified_insns: p.verified_instruction_count(),
+            });
         }
     }
-    let Some(p) = found else { return Ok(None) };
-    let on_tcx = tcx_programs(iface)?.is_some_and(|tcx| tcx.iter().any(|t| t.id() == p.id()));
+    let Some(ingress) = ingress else {
+        return Ok(None);
+    };
+    let on_tcx = tcx_programs(iface, Hook::Ingress)?
+        .is_some_and(|tcx| tcx.iter().any(|t| t.id() == ingress.id));
     Ok(Some(Running {
         mode: if on_tcx { Mode::Tcx } else { Mode::Clsact },
-        program_id: p.id(),
-        verified_insns: p.verified_instruction_count(),
+        ingress,
+        egress,
     }))
 }
 
-/// The id of an lnat program attached to `iface` ingress through tcx, if there is one.
+/// The id of an lnat program attached to either hook of `iface` through tcx, if there is one.
 pub fn on_tcx(iface: &str) -> anyhow::Result<Option<u32>> {
-    Ok(tcx_programs(iface)?.and_then(|programs| {
-        programs
-            .iter()
-            .find(|p| p.name_as_str() == Some(PROGRAM))
-            .map(ProgramInfo::id)
-    }))
+    for hook in Hook::BOTH {
+        let found = tcx_programs(iface, hook)?.and_then(|programs| {
+            programs
+                .iter()
+                .find(|p| p.name_as_str() == Some(hook.program()))
+                .map(ProgramInfo::id)
+        });
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
 }
 
-/// The programs on `iface` ingress through tcx; `None` when the kernel has no tcx links
+/// The programs on `iface`'s `hook` through tcx; `None` when the kernel has no tcx links
 /// (before 6.6; asked, not guessed from the version, for kernels with backports).
-fn tcx_programs(iface: &str) -> anyhow::Result<Option<Vec<ProgramInfo>>> {
-    match SchedClassifier::query_tcx(iface, TcAttachType::Ingress) {
+fn tcx_programs(iface: &str, hook: Hook) -> anyhow::Result<Option<Vec<ProgramInfo>>> {
+    match SchedClassifier::query_tcx(iface, hook.attach_type()) {
         Ok((_, programs)) => Ok(Some(programs)),
         Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINVAL) => {
             Ok(None)
         }
-        Err(e) => Err(e).with_context(|| format!("listing the tcx programs on {iface} ingress")),
+        Err(e) => {
+            Err(e).with_context(|| format!("listing the tcx programs on {iface} {}", hook.name()))
+        }
     }
 }
 
@@ -339,6 +454,8 @@ pub struct Maps {
     mappings: HashMap<MapData, NidKey, Mapping>,
     flows: HashMap<MapData, FlowKey, FlowState>,
     quiet: HashMap<MapData, FlowKey, u64>,
+    out_flows: HashMap<MapData, FlowKey, OutFlowState>,
+    out_quiet: HashMap<MapData, FlowKey, u64>,
     counters: PerCpuArray<MapData, Counters>,
 }
 
@@ -350,6 +467,8 @@ impl Maps {
             Map::HashMap(pins::open(iface, names::MAPPINGS)?),
             Map::LruHashMap(pins::open(iface, names::FLOWS)?),
             Map::LruHashMap(pins::open(iface, names::QUIET)?),
+            Map::LruHashMap(pins::open(iface, names::OUT_FLOWS)?),
+            Map::LruHashMap(pins::open(iface, names::OUT_QUIET)?),
             Map::PerCpuArray(pins::open(iface, names::COUNTERS)?),
         )
     }
@@ -365,6 +484,8 @@ impl Maps {
             take(names::MAPPINGS)?,
             take(names::FLOWS)?,
             take(names::QUIET)?,
+            take(names::OUT_FLOWS)?,
+            take(names::OUT_QUIET)?,
             take(names::COUNTERS)?,
         )
     }
@@ -374,6 +495,8 @@ impl Maps {
         mappings: Map,
         flows: Map,
         quiet: Map,
+        out_flows: Map,
+        out_quiet: Map,
         counters: Map,
     ) -> anyhow::Result<Maps> {
         Ok(Maps {
@@ -389,6 +512,12 @@ impl Maps {
             quiet: quiet
                 .try_into()
                 .context("LNAT_QUIET is not the expected LRU hash map")?,
+            out_flows: out_flows
+                .try_into()
+                .context("LNAT_OUT_FLOWS is not the expected LRU hash map")?,
+            out_quiet: out_quiet
+                .try_into()
+                .context("LNAT_OUT_QUIET is not the expected LRU hash map")?,
             counters: counters
                 .try_into()
                 .context("LNAT_COUNTERS is not the expected per-CPU array")?,
@@ -497,24 +626,10 @@ impl Maps {
     /// Entries the datapath frees or replaces meanwhile are skipped.
     pub fn sweep_closed(&mut self) -> usize {
         let now = now_ns();
-        let expired: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, f)| f.expired(now))
-            .map(|(k, _)| k)
-            .collect();
-        let mut freed = 0;
-        for key in expired {
-            if !self.flows.get(&key, 0).is_ok_and(|f| f.expired(now)) {
-                continue;
-            }
-            if self.flows.remove(&key).is_ok() {
-                freed += 1;
-            }
-            let _ = self.quiet.remove(&key);
-        }
-        freed
+        // Each direction of a connection closes on its own FIN or RST: two tables, one rule.
+        // A connection is counted by its incoming stream, which every attachment follows.
+        sweep(&mut self.out_flows, &mut self.out_quiet, now);
+        sweep(&mut self.flows, &mut self.quiet, now)
     }
 
     /// Every followed connection.
@@ -535,6 +650,32 @@ impl Maps {
             sum
         }))
     }
+}
+
+/// Frees the entries of `flows` (and their windows in `quiet`) that have been closing and idle
+/// past [`lnat_common::flow::CLOSING_IDLE_NS`] at `now`; returns how many.
+fn sweep<const N: usize>(
+    flows: &mut HashMap<MapData, FlowKey, FlowState<N>>,
+    quiet: &mut HashMap<MapData, FlowKey, u64>,
+    now: u64,
+) -> usize {
+    let expired: Vec<FlowKey> = flows
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, f)| f.expired(now))
+        .map(|(k, _)| k)
+        .collect();
+    let mut freed = 0;
+    for key in expired {
+        if !flows.get(&key, 0).is_ok_and(|f| f.expired(now)) {
+            continue;
+        }
+        if flows.remove(&key).is_ok() {
+            freed += 1;
+        }
+        let _ = quiet.remove(&key);
+    }
+    freed
 }
 
 /// The clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC), in nanoseconds.

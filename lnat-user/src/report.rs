@@ -22,6 +22,8 @@ pub struct Status {
     pub mode: Option<&'static str>,
     /// Instructions the verifier processed to accept it (its limit is 1,000,000).
     pub verified_insns: Option<u32>,
+    /// The egress program, if one is attached (not with `--ingress-only`).
+    pub egress: Option<ProgramView>,
     /// Followed LNet ports.
     pub ports: Vec<u16>,
     /// Whether HELLOs teach external NIDs.
@@ -37,6 +39,15 @@ pub struct Status {
 
 fn as_object<S: serde::Serializer>(pairs: &[(&'static str, u64)], s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+}
+
+/// A program other than the ingress one.
+#[derive(Serialize, Debug)]
+pub struct ProgramView {
+    /// The kernel's id of the program.
+    pub program_id: u32,
+    /// Instructions the verifier processed to accept it.
+    pub verified_insns: Option<u32>,
 }
 
 /// One mapping.
@@ -145,9 +156,13 @@ impl Status {
         let running = datapath::running(iface)?;
         Ok(Status {
             iface: iface.to_owned(),
-            program_id: running.map(|r| r.program_id),
+            program_id: running.map(|r| r.ingress.id),
             mode: running.map(|r| r.mode.name()),
-            verified_insns: running.and_then(|r| r.verified_insns),
+            verified_insns: running.and_then(|r| r.ingress.verified_insns),
+            egress: running.and_then(|r| r.egress).map(|p| ProgramView {
+                program_id: p.id,
+                verified_insns: p.verified_insns,
+            }),
             ports: cfg.ports[..(cfg.nports as usize).min(cfg.ports.len())].to_vec(),
             learning: cfg.learn != 0,
             mappings: maps
@@ -171,11 +186,21 @@ impl Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let program = |id: u32, insns: Option<u32>| match insns {
+            Some(n) => format!("program {id}, {n} instructions verified"),
+            None => format!("program {id}"),
+        };
         let prog = match (self.program_id, self.mode) {
-            (Some(id), Some(mode)) => match self.verified_insns {
-                Some(n) => format!("attached ({mode}, program {id}, {n} instructions verified)"),
-                None => format!("attached ({mode}, program {id})"),
-            },
+            (Some(id), Some(mode)) => {
+                let egress = match &self.egress {
+                    Some(e) => format!("; egress {}", program(e.program_id, e.verified_insns)),
+                    None => "; ingress only".to_owned(),
+                };
+                format!(
+                    "attached ({mode}, {}{egress})",
+                    program(id, self.verified_insns)
+                )
+            }
             _ => "pinned maps only (no lnat program uses them)".to_owned(),
         };
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();

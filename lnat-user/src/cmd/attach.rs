@@ -5,7 +5,7 @@ use std::{io::Write as _, time::Duration};
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
 use lnat::{
-    datapath::{self, Maps},
+    datapath::{self, Hook, Maps},
     iface,
     lock::AttachLock,
     pins, privileges,
@@ -76,7 +76,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         pins::remove(&iface.name)?;
         say(&format!("removed stale pins under {}", dir.display()));
     }
-    if datapath::remove_stale_filter(&iface.name)? {
+    if datapath::remove_stale_filters(&iface.name)? {
         say(&format!("removed a stale lnat filter from {}", iface.name));
     }
     let mut ebpf = datapath::load(args.max_flows)?;
@@ -94,13 +94,22 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
         .context("the datapath has no event ring")?
         .try_into()
         .context("LNAT_EVENTS is not a ring buffer")?;
-    let attached = datapath::attach(&mut ebpf, &iface, mode)?;
+    let hooks: &[Hook] = if args.ingress_only {
+        &[Hook::Ingress]
+    } else {
+        &Hook::BOTH
+    };
+    let attached = datapath::attach(&mut ebpf, &iface, mode, hooks)?;
     let ports: Vec<String> = args.ports.iter().map(u16::to_string).collect();
+    let egress = match attached.program_id(Hook::Egress) {
+        Some(id) => format!(" and its egress (program {id})"),
+        None => ", ingress only".to_owned(),
+    };
     say(&format!(
-        "attached to {} ({}, program {}); following LNet port {}; learning {}",
+        "attached to {} ({}, program {}){egress}; following LNet port {}; learning {}",
         iface.name,
         attached.mode.name(),
-        attached.program_id,
+        attached.program_id(Hook::Ingress).unwrap_or_default(),
         ports.join(","),
         if args.no_learn { "off" } else { "on" },
     ));

@@ -29,8 +29,8 @@ const PASS_LIMIT: Duration = Duration::from_secs(1500);
 /// Longest a guest that only tries to attach may take.
 const REFUSE_LIMIT: Duration = Duration::from_secs(240);
 
-/// Attaches to a veth in a namespace of its own, reads `lnat status --json` once the program
-/// runs, then ends `lnat attach` with SIGTERM: what the table reports for a kernel.
+/// Attaches to a veth in a namespace of its own, reads `lnat status --json` once both programs
+/// run, then ends `lnat attach` with SIGTERM: what the table reports for a kernel.
 const PROBE: &str = r#"
 ip netns del lnat-probe 2>/dev/null
 ip netns add lnat-probe || exit 1
@@ -43,7 +43,7 @@ ip netns exec lnat-probe sh -c '
     i=0
     while [ $i -lt 240 ] && kill -0 $pid 2>/dev/null; do
         "$LNAT_BIN" status probe0 --json > ${TMPDIR:-/tmp}/lnat-probe.json 2>/dev/null &&
-            grep -q "\"program_id\": *[0-9]" ${TMPDIR:-/tmp}/lnat-probe.json && break
+            grep -q "\"egress\": *{" ${TMPDIR:-/tmp}/lnat-probe.json && break
         i=$((i + 1)); sleep 1
     done
     echo "LNAT-MATRIX status=$(tr -d "\n" < ${TMPDIR:-/tmp}/lnat-probe.json)"
@@ -249,7 +249,8 @@ fn guest_row(kernel: Kernel, dir: &Path, tests: &[(String, String)]) -> anyhow::
     }
 }
 
-/// The mode and verified instruction count of the probe's `lnat status --json`.
+/// The mode and the verified instruction counts (ingress / egress) of the probe's
+/// `lnat status --json`.
 fn attached(fields: &Fields) -> anyhow::Result<(String, String)> {
     let raw = fields.get("status").unwrap_or_default();
     let status: serde_json::Value = serde_json::from_str(raw).with_context(|| {
@@ -258,11 +259,14 @@ fn attached(fields: &Fields) -> anyhow::Result<(String, String)> {
             fields.all("stderr")
         )
     })?;
-    let (Some(mode), Some(verified)) = (status["mode"].as_str(), status["verified_insns"].as_u64())
-    else {
-        bail!("lnat status names no mode and verified instructions: {raw}");
+    let (Some(mode), Some(ingress), Some(egress)) = (
+        status["mode"].as_str(),
+        status["verified_insns"].as_u64(),
+        status["egress"]["verified_insns"].as_u64(),
+    ) else {
+        bail!("lnat status names no mode and verified instructions of both programs: {raw}");
     };
-    Ok((mode.to_owned(), verified.to_string()))
+    Ok((mode.to_owned(), format!("{ingress} / {egress}")))
 }
 
 /// The `LNAT-MATRIX key=value` lines a script printed.
@@ -302,7 +306,7 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 /// The README's Kernels table.
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| kernel | who runs it | attach mode | verified instructions | result |\n\
+        "| kernel | who runs it | attach mode | verified instructions (ingress / egress) | result |\n\
          |---|---|---|---|---|\n",
     );
     for r in rows {
