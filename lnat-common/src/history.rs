@@ -28,6 +28,8 @@ pub const RUNS: usize = 256;
 pub const SPAN: u32 = 1 << 30;
 /// The fewest payload bytes per recorded patch: a V2 message of 96 bytes (socklnd and LNet
 /// headers, no payload) brings two (its NID and the `dest_pid` that compensates its checksum).
+/// A V2 ping reply given DISCOVERY brings four in 144 bytes, but a client gets one per discovery
+/// round, and the slack in [`History::wants_received`] covers a few in one segment.
 const BYTES_PER_PATCH: u32 = 48;
 
 /// One patch: XOR `xor` into the four bytes at stream position `pos` (zero bytes are untouched).

@@ -1,9 +1,12 @@
-//! LNet ping information (`struct lnet_ping_info`), where a node lists its own NIDs: the payload
-//! of a discovery push, which the client's egress must make name it by its external NID
-//! (docs/discovery.md, "Rules for the egress datapath").
+//! LNet ping information (`struct lnet_ping_info`), where a node lists its own NIDs and features:
+//! the payload of a discovery push, which the client's egress must make name it by its external
+//! NID, and of a ping reply, whose DISCOVERY feature the client's ingress sets for a server that
+//! has discovery off (docs/discovery.md, "Rules for the egress datapath").
 //!
 //! Every multi-byte field is in the sender's byte order (the magic tells which); offsets are from
 //! the start of the payload (`include/uapi/linux/lnet/lnet-idl.h:301-323`).
+
+use crate::nid::{LOLND, Nid};
 
 /// `LNET_PROTO_PING_MAGIC`, "ping".
 pub const MAGIC: u32 = 0x7069_6e67;
@@ -21,9 +24,15 @@ pub mod feat {
     /// The sender runs discovery; a server that sees it marks the peer Multi-Rail and then must
     /// push back to it, which it cannot through a NAT (docs/discovery.md, 3a).
     pub const DISCOVERY: u32 = 0x10;
+    /// Large NIDs follow the entries, and entry 0's `ns_msg_size` is the total size.
+    pub const LARGE_ADDR: u32 = 0x20;
     /// The primary NID is a large one, in the section after `pi_ni[]`.
     pub const PRIMARY_LARGE: u32 = 0x40;
 }
+
+/// `0@lo` (`LNET_NID_LO_0`), entry 0 of every node's ping information
+/// (`lnet_ping_info_validate`, `api-ni.c:1992`).
+pub const LO: Nid = Nid::new(0, LOLND, 0);
 
 /// Offset of `pi_magic`.
 pub const MAGIC_AT: usize = 0;
@@ -38,5 +47,6 @@ pub const NI_LEN: usize = 16;
 /// Offset of `ns_msg_size` in an entry: read for entry 0 only (`lnet-idl.h:320-323`), so it can
 /// carry the checksum compensation of a change before it.
 pub const NI_MSG_SIZE: usize = 12;
-/// Most entries lnat follows in one push: a node with more NIs than that is left alone.
+/// Most entries lnat follows in one push or ping reply: a node with more NIs than that is left
+/// alone.
 pub const MAX_NIS: u32 = 32;

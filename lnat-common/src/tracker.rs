@@ -16,11 +16,13 @@
 //! change: the local NID is the flow's own address on the same LNet net.
 //!
 //! A tracker follows one [`Direction`]. From the peer (ingress) it rewrites the NIDs that name
-//! this host by an external NID, as above. To the peer (egress) it rewrites only what this host
-//! says of itself in a discovery push (ping information, [`crate::ping`]): its own NID becomes
-//! the external one, and the DISCOVERY feature is cleared, so that a server behind which this
-//! host is a NATed userspace peer takes it as discovered without pushing back
-//! (docs/discovery.md).
+//! this host by an external NID, as above, and gives a server's ping reply the DISCOVERY
+//! feature, so that this host pushes to a server whose discovery is off (rule I1). To the peer
+//! (egress) it rewrites only what this host says of itself in a discovery push: its own NID
+//! becomes the external one, and the DISCOVERY feature is cleared, so that a server behind which
+//! this host is a NATed userspace peer takes it as discovered without pushing back
+//! (docs/discovery.md). Both directions read ping information ([`crate::ping`]) with the same
+//! units; only which message carries it and which way the feature bit goes differ.
 //!
 //! Decisions leave the tracker as [`Patch`]es: recorded in the flow's [`History`] for copies of
 //! the segment that come again, and returned from [`Tracker::advance`] for the segment in hand.
@@ -170,12 +172,16 @@ pub enum Admit {
 const UNIT_CONNREQ: u8 = 0;
 const UNIT_HELLO: u8 = 1;
 const UNIT_MSG: u8 = 2;
-/// The fixed part of a push's ping information (egress).
+/// The fixed part of ping information and entry 0's NID: a push (egress) or ping reply
+/// (ingress).
 const UNIT_PING: u8 = 3;
-/// One NI entry of it (egress).
+/// One later NI entry of a push (egress).
 const UNIT_PING_NI: u8 = 4;
 /// Prefix of an NI entry the tracker needs: its NID.
 const NI_NEED: usize = 8;
+/// Prefix of ping information the tracker needs: the fixed part and entry 0's NID, all that a
+/// receiver checks (`lnet_ping_info_validate`, `api-ni.c:1981-1995`).
+const PING_NEED: usize = ping::HEAD_LEN + NI_NEED;
 
 /// The peer is other-endian.
 const F_FLIP: u8 = 1;
@@ -260,7 +266,7 @@ pub struct Tracker<const N: usize = RUNS> {
     pub _pad: [u8; 3],
     /// Payload bytes of the current message after the entries of its ping information.
     pub rest: u32,
-    /// The checksum compensation for a cleared feature bit, owed to NI entry 1's
+    /// The checksum compensation for a changed feature bit, owed to NI entry 1's
     /// `ns_msg_size` (0: none).
     pub comp: u32,
     /// Patches from the last `advance`, for the segment in hand.
@@ -637,7 +643,7 @@ impl<const N: usize> Tracker<N> {
                 pid_off: 0,
                 learn: self.role == Role::Active as u8,
             }),
-            _ => {
+            UNIT_MSG => {
                 let proto = self.proto();
                 let ks = proto.ksock_len();
                 if proto != Proto::V1 && self.need as usize == wire::ksock::LEN {
@@ -653,6 +659,8 @@ impl<const N: usize> Tracker<N> {
                     learn: false,
                 })
             }
+            // A ping reply: only its features change.
+            _ => None,
         }
     }
 
@@ -902,12 +910,12 @@ impl<const N: usize> Tracker<N> {
                         self.desync(Desync::TooLong, env);
                         return;
                     }
-                    if self.is_push(payload) {
+                    if self.is_ping(payload) {
                         if proto != Proto::V1 && self.rd32(wire::ksock::CSUM) != 0 {
                             self.flags |= F_CSUM;
                         }
                         self.rest = payload - ping::HEAD_LEN as u32;
-                        self.next_part(UNIT_PING, (ks + hdr.len) as u32, ping::HEAD_LEN);
+                        self.next_part(UNIT_PING, (ks + hdr.len) as u32, PING_NEED);
                         return;
                     }
                     (ks + hdr.len) as u32 + payload
@@ -942,25 +950,36 @@ impl<const N: usize> Tracker<N> {
         self.next_unit(UNIT_MSG, len);
     }
 
-    /// True when the message just framed (to the peer) is a discovery push with room for ping
-    /// information naming at least one NID besides `0@lo`: a PUT to the reserved portal with
-    /// the ping match bits.
-    fn is_push(&self, payload: u32) -> bool {
-        if self.dir != Direction::Out as u8 || payload < (ping::HEAD_LEN + 2 * ping::NI_LEN) as u32
-        {
+    /// True when the message just framed may carry ping information naming at least one NID
+    /// besides `0@lo`. To the peer: a discovery push, a PUT to the reserved portal with the ping
+    /// match bits. From the peer: a REPLY with room for the fixed part and a whole number of
+    /// entries. In Lustre's use a REPLY reaching a client answers one of its GETs, and those are
+    /// LNet pings (discovery, `lnetctl ping`): a server sends bulk read data as PUTs, and takes
+    /// bulk write data with GETs, which the client answers (`ptlrpc_start_bulk_transfer`,
+    /// `lustre/ptlrpc/niobuf.c`). A REPLY of user data all the same is told from ping
+    /// information by [`Tracker::ping_valid`].
+    fn is_ping(&self, payload: u32) -> bool {
+        if payload < (ping::HEAD_LEN + 2 * ping::NI_LEN) as u32 {
             return false;
         }
         let proto = self.proto();
+        let msg_type = self.rd32_lnet(proto.ksock_len() + proto.lnet_hdr().msg_type);
+        if self.dir == Direction::In as u8 {
+            return msg_type == wire::LnetType::Reply as u32
+                && payload <= ping::HEAD_LEN as u32 + ping::NI_LEN as u32 * ping::MAX_NIS
+                && payload.is_multiple_of(ping::NI_LEN as u32);
+        }
         let at = proto.ksock_len() + proto.lnet_hdr().body;
         let bits = self.rd32_lnet(at + wire::LnetHdrLayout::PUT_MATCH_BITS) as u64
             | (self.rd32_lnet(at + wire::LnetHdrLayout::PUT_MATCH_BITS + 4) as u64) << 32;
-        self.rd32_lnet(proto.ksock_len() + proto.lnet_hdr().msg_type) == wire::LnetType::Put as u32
+        msg_type == wire::LnetType::Put as u32
             && self.rd32_lnet(at + wire::LnetHdrLayout::PUT_PTL_INDEX) == ping::PORTAL
             && bits == ping::MATCH_BITS
     }
 
     /// The byte order of the ping information in `buf`, from its magic (`None`: not ping
-    /// information, or not enough of it yet).
+    /// information, or not enough of it yet). A receiver swaps other-endian ping information
+    /// (`lnet_swap_pinginfo`, `peer.c:3068-3069`; `api-ni.c:2388-2408`).
     fn ping_endian(&self) -> Option<Endian> {
         if self.have < 4 {
             return None;
@@ -975,11 +994,58 @@ impl<const N: usize> Tracker<N> {
         }
     }
 
-    /// Clears the DISCOVERY feature of a push as soon as the byte that holds it is in hand (a
-    /// segment may end right after it), when this host is known to the peer by an external
-    /// NID and the features are a receiver's (`NI_STATUS`, a nid4 primary): the byte holds all
-    /// three bits in either order. A push that later turns out malformed is one the server
-    /// drops anyway (`peer.c:2719-2725`).
+    /// Where the low byte of `pi_features` lies, which holds every bit lnat reads or changes.
+    const fn features_at(endian: Endian) -> usize {
+        match endian {
+            Endian::Little => ping::FEATURES,
+            Endian::Big => ping::FEATURES + 3,
+        }
+    }
+
+    /// False when the bytes of ping information in hand show that this direction's receiver
+    /// would not take it, or lnat would not follow it; a check whose bytes are not in hand yet
+    /// is passed. The magic in either order, `NI_STATUS`, no large primary, 2 to
+    /// [`ping::MAX_NIS`] entries within the payload, entry 0 `0@lo`
+    /// (`lnet_ping_info_validate`, `api-ni.c:1981-1995`; `find_primary`, `peer.c:3010-3035`).
+    ///
+    /// From the peer, also no large NIDs and exactly the entries. That is what keeps REPLYs of
+    /// user data byte for byte: to be taken for ping information, one would need exactly that
+    /// length, the magic, those flags, a matching entry count and `0@lo` at payload offset 16.
+    fn ping_valid(&self) -> bool {
+        let Some(endian) = self.ping_endian() else {
+            return false;
+        };
+        let have = self.have as usize;
+        let inward = self.dir == Direction::In as u8;
+        let at = Self::features_at(endian);
+        let features = self.prefix_byte(at) as u32;
+        let reject = ping::feat::PRIMARY_LARGE | if inward { ping::feat::LARGE_ADDR } else { 0 };
+        if have > at && (features & ping::feat::NI_STATUS == 0 || features & reject != 0) {
+            return false;
+        }
+        if have >= ping::HEAD_LEN {
+            let nnis = endian.u32(&self.buf, ping::NNIS);
+            if !(2..=ping::MAX_NIS).contains(&nnis) {
+                return false;
+            }
+            let entries = nnis * ping::NI_LEN as u32;
+            if entries > self.rest || (inward && entries != self.rest) {
+                return false;
+            }
+        }
+        have < PING_NEED || endian.u64(&self.buf, ping::HEAD_LEN) == ping::LO.0
+    }
+
+    /// Decides the DISCOVERY feature as soon as the byte that holds it is in hand, on what the
+    /// bytes in hand show ([`Tracker::ping_valid`]): from the peer, a ping reply without it gets
+    /// it, so that this host pushes to the server (`peer.c:3089-3119`, `lib-lnet.h:1069`); to
+    /// the peer, a push with it loses it when this host is known to the peer by an external
+    /// NID, so that the server needs no push back (`peer.c:2748-2768`). One bit of one byte
+    /// changes, in either byte order.
+    ///
+    /// All checks are made unless a segment ends between that byte and the end of entry 0's
+    /// NID: a segment cannot be changed once passed. Ping information then found malformed is
+    /// what its receiver drops anyway (`peer.c:3075-3083` for a reply, `:2719-2725` for a push).
     fn ping_features<E: Env>(&mut self, env: &mut E) {
         if self.flags & F_DECIDED != 0 {
             return;
@@ -990,20 +1056,15 @@ impl<const N: usize> Tracker<N> {
             }
             return;
         };
-        let at = match endian {
-            Endian::Little => ping::FEATURES,
-            Endian::Big => ping::FEATURES + 3,
-        };
+        let at = Self::features_at(endian);
         if (self.have as usize) <= at {
             return;
         }
         self.flags |= F_DECIDED;
-        let features = self.prefix_byte(at) as u32;
-        if features & ping::feat::NI_STATUS == 0
-            || features & ping::feat::PRIMARY_LARGE != 0
-            || features & ping::feat::DISCOVERY == 0
-            || self.external(env).is_none()
-        {
+        // Inward the bit must end set, outward clear.
+        let inward = self.dir == Direction::In as u8;
+        let discovery = self.prefix_byte(at) as u32 & ping::feat::DISCOVERY != 0;
+        if discovery == inward || !self.ping_valid() || (!inward && self.external(env).is_none()) {
             return;
         }
         // The bit as wire bytes, a little-endian word like every patch.
@@ -1015,27 +1076,26 @@ impl<const N: usize> Tracker<N> {
             },
             false,
         );
-        env.note(Note::Undiscovering);
+        env.note(if inward {
+            Note::Discoverable
+        } else {
+            Note::Undiscovering
+        });
         if self.flags & F_CSUM != 0 {
             let gap = ping::HEAD_LEN + ping::NI_LEN + ping::NI_MSG_SIZE - ping::FEATURES - 4;
             self.comp = crc::cancel_word(bit, gap as u32);
         }
     }
 
-    /// With the fixed part of a push's ping information in hand: goes on to its NI entries if
-    /// a receiver would take it (`lnet_ping_info_validate`, `api-ni.c:1981-1995`), else past the
-    /// payload, settling first what a cleared feature bit owes the checksum.
+    /// With the fixed part of ping information and entry 0's NID in hand: goes on to the later
+    /// NI entries of a push a server would take, whose NIDs may be this host's; else past the
+    /// payload, settling first what a changed feature bit owes the checksum. Nothing else of a
+    /// ping reply changes.
     fn ping_head<E: Env>(&mut self, env: &mut E) {
-        let endian = self.ping_endian();
-        let nnis = endian.map_or(0, |e| e.u32(&self.buf, ping::NNIS));
-        let features = endian.map_or(0, |e| e.u32(&self.buf, ping::FEATURES));
-        let valid = features & ping::feat::NI_STATUS != 0
-            && features & ping::feat::PRIMARY_LARGE == 0
-            && (2..=ping::MAX_NIS).contains(&nnis)
-            && nnis * ping::NI_LEN as u32 <= self.rest;
-        let Some(endian) = endian.filter(|_| valid) else {
+        let walk = self.dir == Direction::Out as u8 && self.ping_valid();
+        let Some(endian) = self.ping_endian().filter(|_| walk) else {
             if self.comp != 0 {
-                // Entry 1's ns_msg_size lies within any push's payload (`is_push`).
+                // Entry 1's ns_msg_size lies within any ping payload (`is_ping`).
                 let at = ping::HEAD_LEN + ping::NI_LEN + ping::NI_MSG_SIZE;
                 let owed = core::mem::take(&mut self.comp);
                 self.emit(
@@ -1054,10 +1114,16 @@ impl<const N: usize> Tracker<N> {
             Endian::Little => NidForm::Le,
             Endian::Big => NidForm::Be,
         } as u8;
-        self.entry = 0;
-        self.entries = nnis as u8;
+        // Entry 0 is 0@lo (`ping_valid`): the walk starts at entry 1.
+        let nnis = endian.u32(&self.buf, ping::NNIS);
+        self.entry = 1;
+        self.entries = (nnis - 1) as u8;
         self.rest -= nnis * ping::NI_LEN as u32;
-        self.next_part(UNIT_PING_NI, ping::HEAD_LEN as u32, NI_NEED);
+        self.next_part(
+            UNIT_PING_NI,
+            (ping::HEAD_LEN + ping::NI_LEN) as u32,
+            NI_NEED,
+        );
     }
 
     /// Moves `len` bytes on to the next part of the same message, which needs `need` bytes of

@@ -234,10 +234,11 @@ fn a_push_names_the_client_by_its_external_nid_and_drops_discovery_in_every_cut(
     }
 }
 
-/// No external NID known, or ping information a server would not take: the NIDs stay. The
-/// DISCOVERY bit goes as soon as its byte is seen, before the entry count is (a segment may end
-/// there), so an entry count that turns out too large leaves only that change, in a push the
-/// server drops (`peer.c:2719-2725`).
+/// No external NID known, or ping information a server would not take: nothing changes. The
+/// DISCOVERY bit is decided as soon as its byte is seen, on the bytes in hand: a segment may
+/// end there. So ping information whose entry count or entry 0 shows it bad only after that
+/// loses the bit when a segment ends between the two, and nothing else, in a push the server
+/// drops (`peer.c:2719-2725`).
 #[test]
 fn without_an_external_nid_or_with_bad_ping_information_the_nids_stay() {
     let features = ping::feat::NI_STATUS | ping::feat::MULTI_RAIL | ping::feat::DISCOVERY;
@@ -252,29 +253,42 @@ fn without_an_external_nid_or_with_bad_ping_information_the_nids_stay() {
     );
     let mut too_many = good.clone();
     Endian::Little.put_u32(&mut too_many, ping::NNIS, 3);
+    let mut not_lo = good.clone();
+    not_lo[ping::HEAD_LEN..][..8].copy_from_slice(&nid(CLIENT).0.to_le_bytes());
+    // (what, ping information, env, whether a cut after the features byte clears the bit)
     let cases = [
         ("no external NID", good.clone(), MapEnv::default(), false),
         ("bad magic", bad_magic, env(), false),
         ("no NI_STATUS", no_status, env(), false),
         ("more entries than the payload holds", too_many, env(), true),
+        ("entry 0 is not 0@lo", not_lo, env(), true),
     ];
-    for (what, info, mut env, undiscovered) in cases {
+    for (what, info, env, early) in cases {
         let spec = client_stream(
             Proto::V3,
             Endian::Little,
             vec![push(info, false), put(4, 1, vec![1, 2, 3], false)],
         );
         let stream = spec.bytes();
-        let mut want = stream.clone();
-        if undiscovered {
-            let at = unit_starts(&spec)[0] + 96 + ping::FEATURES;
-            want[at] &= !(ping::feat::DISCOVERY as u8);
+        let features_at = unit_starts(&spec)[0] + 96 + ping::FEATURES;
+        for cut in [None, Some(features_at + 1)] {
+            let mut env = env.clone();
+            let mut want = stream.clone();
+            if early && cut.is_some() {
+                want[features_at] &= !(ping::feat::DISCOVERY as u8);
+            }
+            let (got, t) = send(&stream, cut.as_slice(), &mut env);
+            let what = format!("{what}, cut {cut:?}");
+            assert_eq!(got, want, "{what}");
+            assert_eq!(env.count(Note::Rewrote), 0, "{what}");
+            assert_eq!(
+                env.count(Note::Undiscovering),
+                usize::from(want != stream),
+                "{what}"
+            );
+            assert!(!t.desynced(), "{what}");
+            assert_eq!(t.cursor(), 1000 + stream.len() as u32, "{what}");
         }
-        let (got, t) = send(&stream, &[], &mut env);
-        assert_eq!(got, want, "{what}");
-        assert_eq!(env.count(Note::Rewrote), 0, "{what}");
-        assert!(!t.desynced(), "{what}");
-        assert_eq!(t.cursor(), 1000 + stream.len() as u32, "{what}");
     }
 }
 

@@ -3,6 +3,10 @@
 //! It walks a complete byte stream front to back with every byte in hand, so it never decides on
 //! a partial NID and never sees a segment boundary. The tracker, fed the same stream in any
 //! segmentation, must produce the same bytes; tests and the fuzz target check exactly that.
+//!
+//! It rewrites NIDs only. The DISCOVERY feature a server's ping reply gains on the way in
+//! (ingress rule I1, docs/discovery.md) is checked by lnat-common's `tests/discoverable.rs`;
+//! the streams compared with this reference carry no ping information.
 
 use std::collections::BTreeMap;
 
