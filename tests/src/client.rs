@@ -381,6 +381,7 @@ fn exchange(
             wire: &mut w,
             clock: &mut clock,
             proto,
+            csum: rpc.csum && proto == Proto::V2,
             endian,
             me: opts.nid,
             server: opts.server_nid,

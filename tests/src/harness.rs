@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     ns::{self, Netns, Proc},
     report::{ClientReport, ServerReport},
-    topology::{CLIENT_NID, SERVER_NID, Topology},
+    topology::{CLIENT_NID, SERVER, SERVER_NID, Topology},
 };
 
 /// A binary of this workspace: `$env`, else next to the running executable or in
@@ -323,6 +323,31 @@ pub fn blob(
     src_port: Option<u16>,
     server_args: &[&str],
 ) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
+    transfer(t, port, src_port, server_args, &[])
+}
+
+/// The same stream the other way: `blob-client --upload ARGS` in the first client sends, the
+/// server reads it to its end; the client's and the server's reports (bytes, digest).
+pub fn upload(
+    t: &Topology,
+    port: u16,
+    src_port: Option<u16>,
+    client_args: &[&str],
+) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
+    let mut client = vec!["--upload"];
+    client.extend_from_slice(client_args);
+    let (received, sent) = transfer(t, port, src_port, &["--upload"], &client)?;
+    Ok((sent, received))
+}
+
+/// Runs a blob server and client: the server's and the client's reports.
+fn transfer(
+    t: &Topology,
+    port: u16,
+    src_port: Option<u16>,
+    server_args: &[&str],
+    client_args: &[&str],
+) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
     const TIMEOUT: Duration = Duration::from_secs(240);
     let bin = peer_bin();
     let bin = bin.to_string_lossy();
@@ -337,6 +362,7 @@ pub fn blob(
     if let Some(p) = &sp {
         args.extend(["--src-port", p]);
     }
+    args.extend_from_slice(client_args);
     let got = t.client().spawn(&args)?.wait(TIMEOUT)?;
     let sent = server.wait(TIMEOUT)?;
     let report = |o: &std::process::Output| -> anyhow::Result<serde_json::Value> {
@@ -454,5 +480,114 @@ pub fn assert_clean_run(c: &serde_json::Value, flows: u64, rewritten: u64, what:
     assert_eq!(c["learned"], 1, "{what}: {c}");
     for zero in ["desynced", "conflicts", "untracked", "history_misses"] {
         assert_eq!(c[zero], 0, "{what}: {zero}: {c}");
+    }
+}
+
+/// An rpc-mode exchange (`lnet-peer --mode rpc`): the first `clients` clients each send
+/// `requests` request PUTs to the server and wait for as many replies and for `callbacks`
+/// callbacks of the server's own, discovery on or off at either end.
+#[derive(Clone, Copy, Debug)]
+pub struct RpcRun {
+    /// `lnet_peer_discovery_disabled=0` at the server.
+    pub server_discovery: bool,
+    /// The same at the clients.
+    pub client_discovery: bool,
+    /// Requests each client sends.
+    pub requests: u64,
+    /// Callbacks the server sends each client.
+    pub callbacks: u64,
+    /// socklnd version the clients speak.
+    pub proto: u8,
+    /// Checksummed messages (V2) at both ends.
+    pub csum: bool,
+    /// Clients, each in its own namespace behind the NAT.
+    pub clients: usize,
+    /// Seconds a client may take.
+    pub timeout_secs: u64,
+}
+
+impl RpcRun {
+    /// One client, V3, discovery on at both ends.
+    pub const fn new(requests: u64, callbacks: u64) -> RpcRun {
+        RpcRun {
+            server_discovery: true,
+            client_discovery: true,
+            requests,
+            callbacks,
+            proto: 3,
+            csum: false,
+            clients: 1,
+            timeout_secs: 60,
+        }
+    }
+
+    /// Runs it in `t`: each client's report, in order, and the server's.
+    pub fn run(&self, t: &Topology) -> anyhow::Result<(Vec<ClientReport>, ServerReport)> {
+        let on = |b: bool| if b { "on" } else { "off" };
+        let (requests, callbacks) = (self.requests.to_string(), self.callbacks.to_string());
+        let (conns, proto) = (self.clients.to_string(), self.proto.to_string());
+        let timeout = self.timeout_secs.to_string();
+        let mut server_args = vec![
+            "--nid",
+            SERVER_NID,
+            "--accept",
+            "all",
+            "--mode",
+            "rpc",
+            "--sizes",
+            "small",
+            "--callbacks",
+            &callbacks,
+            "--discovery",
+            on(self.server_discovery),
+            "--dial-timeout-ms",
+            "2000",
+            "--conns",
+            &conns,
+            "--hold-secs",
+            &timeout,
+        ];
+        if self.csum {
+            server_args.push("--csum");
+        }
+        let s = server(t.server(), &server_args)?;
+        t.server()
+            .wait_listening(crate::topology::ACCEPTOR_PORT, Duration::from_secs(10))?;
+        let dial = format!("{SERVER}:988");
+        let procs = (0..self.clients)
+            .map(|i| {
+                let nid = format!("{}@tcp", crate::topology::client_addr(i));
+                let mut args = vec![
+                    "--server",
+                    &dial,
+                    "--server-nid",
+                    SERVER_NID,
+                    "--nid",
+                    &nid,
+                    "--proto",
+                    &proto,
+                    "--mode",
+                    "rpc",
+                    "--requests",
+                    &requests,
+                    "--callbacks",
+                    &callbacks,
+                    "--discovery",
+                    on(self.client_discovery),
+                    "--timeout-secs",
+                    &timeout,
+                ];
+                if self.csum {
+                    args.push("--csum");
+                }
+                spawn_client(t.client_n(i), &args)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let wait = Duration::from_secs(self.timeout_secs + 30);
+        let clients = procs
+            .into_iter()
+            .map(|p| client_report(p, wait))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((clients, server_report(s, wait)?))
     }
 }

@@ -29,6 +29,8 @@ pub struct RpcOpts {
     pub callbacks: u64,
     /// `lnet_peer_discovery_disabled=0`.
     pub discovery: bool,
+    /// Checksum messages on a V2 connection (socklnd's `enable_csum`).
+    pub csum: bool,
 }
 
 /// How the session ended, for the caller's report.
@@ -50,6 +52,8 @@ pub(crate) struct Conn<'a> {
     pub clock: &'a mut ReadClock,
     /// Its protocol.
     pub proto: Proto,
+    /// Whether its messages carry a checksum.
+    pub csum: bool,
     /// The client's byte order.
     pub endian: Endian,
     /// The client's NID.
@@ -144,10 +148,10 @@ impl Transport for Discovering<'_, '_> {
         }
         .get(ping::PORTAL, ping::MATCH_BITS, wmd, rpc::PING_SINK);
         self.report.pings += 1;
-        let (proto, endian) = (self.conn.proto, self.conn.endian);
+        let (proto, endian, csum) = (self.conn.proto, self.conn.endian, self.conn.csum);
         self.conn
             .wire
-            .send_lnet(proto, endian, get, Vec::new(), false)
+            .send_lnet(proto, endian, get, Vec::new(), csum)
             .map_err(|_| EIO)?;
         let reply = self.wait_for(LnetType::Reply, wmd)?;
         if let Some((info, _)) = PingInfo::decode(&reply) {
@@ -166,10 +170,10 @@ impl Transport for Discovering<'_, '_> {
         .put(ping::PORTAL, ping::MATCH_BITS, Some(wmd), data.len() as u32);
         self.report.pushes += 1;
         self.report.ping_data_nids = self.own.nids().iter().map(Nid::to_string).collect();
-        let (proto, endian) = (self.conn.proto, self.conn.endian);
+        let (proto, endian, csum) = (self.conn.proto, self.conn.endian, self.conn.csum);
         self.conn
             .wire
-            .send_lnet(proto, endian, put, data, false)
+            .send_lnet(proto, endian, put, data, csum)
             .map_err(|_| EIO)?;
         self.wait_for(LnetType::Ack, wmd)?;
         self.report.pushes_acked += 1;
@@ -207,7 +211,7 @@ pub(crate) fn session(
             .to_server()
             .put(rpc::REQUEST_PORTAL, index, None, rpc::REQUEST_SIZE);
         conn.wire
-            .send_lnet(conn.proto, conn.endian, put, payload, false)?;
+            .send_lnet(conn.proto, conn.endian, put, payload, conn.csum)?;
         r.requests_sent += 1;
     }
     let mut pending: VecDeque<_> = early.into();
@@ -239,12 +243,12 @@ impl Discovering<'_, '_> {
             dest: (hdr.src_nid, hdr.src_pid),
             src: (self.conn.me, wire::PID_LUSTRE),
         };
-        let (proto, endian) = (self.conn.proto, self.conn.endian);
+        let (proto, endian, csum) = (self.conn.proto, self.conn.endian, self.conn.csum);
         if lnet::ack_requested(hdr) {
             let ack = to.ack(lnet::wmd_of(hdr), bits, payload.len() as u32);
             self.conn
                 .wire
-                .send_lnet(proto, endian, ack, Vec::new(), false)?;
+                .send_lnet(proto, endian, ack, Vec::new(), csum)?;
         }
         let t = LnetType::from_u32(hdr.msg_type);
         match (t, lnet::portal_of(hdr)) {
@@ -252,9 +256,7 @@ impl Discovering<'_, '_> {
                 let data = self.own.encode(endian);
                 self.report.ping_data_nids = self.own.nids().iter().map(Nid::to_string).collect();
                 let reply = to.reply(lnet::wmd_of(hdr), data.len() as u32);
-                self.conn
-                    .wire
-                    .send_lnet(proto, endian, reply, data, false)?;
+                self.conn.wire.send_lnet(proto, endian, reply, data, csum)?;
             }
             (Some(LnetType::Put), Some(ping::PORTAL)) if bits == ping::MATCH_BITS => {
                 let _ = node.push_received(hdr.src_nid, &payload, self);

@@ -168,6 +168,8 @@ pub struct Session<'a> {
     pub wire: Wire,
     /// Its protocol.
     pub proto: Proto,
+    /// Whether its messages carry a checksum (V2 with socklnd's `enable_csum`).
+    pub csum: bool,
     /// The server's byte order on it.
     pub endian: Endian,
     /// The server's NID.
@@ -213,6 +215,7 @@ const EIO: i32 = -5;
 struct Link<'w> {
     wire: &'w mut Wire,
     proto: Proto,
+    csum: bool,
     endian: Endian,
     me: Nid,
     peer: (Nid, u32),
@@ -232,7 +235,7 @@ impl Link<'_> {
 
     fn send(&mut self, hdr: LnetHdr, payload: Vec<u8>) -> anyhow::Result<()> {
         self.wire
-            .send_lnet(self.proto, self.endian, hdr, payload, false)
+            .send_lnet(self.proto, self.endian, hdr, payload, self.csum)
     }
 
     /// The next LNet message from the wire, checked by `lnet_parse`'s rule: a message for
@@ -273,6 +276,7 @@ impl Session<'_> {
         let mut link = Link {
             wire: &mut self.wire,
             proto: self.proto,
+            csum: self.csum,
             endian: self.endian,
             me: self.me,
             peer: self.peer,

@@ -293,6 +293,7 @@ fn handle(
         let session = Session {
             wire: w,
             proto: hello.proto,
+            csum: opts.csum && hello.proto == Proto::V2,
             endian,
             me: opts.nid,
             peer: (peer_nid, peer_pid),

@@ -97,6 +97,11 @@ pub struct TopoOpts {
     /// private network is not reachable from outside: a server dialling a client's private
     /// address then times out, where otherwise the router would forward the dial.
     pub private_unreachable: bool,
+    /// The router drops the first copy of each client's discovery push (a segment to port
+    /// 988 whose LNet payload starts with the ping magic, at stream offset 96 of its
+    /// segment): the client's retransmission, which its egress program sees again, must
+    /// leave rewritten as the first copy did. Counted in [`Topology::pushes_dropped`].
+    pub drop_first_push: bool,
 }
 
 impl Default for TopoOpts {
@@ -117,6 +122,7 @@ impl Default for TopoOpts {
             forward_acceptor: false,
             tags: 0,
             private_unreachable: false,
+            drop_first_push: false,
         }
     }
 }
@@ -376,6 +382,17 @@ impl Topology {
             script += "table ip lnat_private {\n chain forward {\n  type filter hook forward priority 0;\n  \
                  iifname \"out0\" ip daddr 198.51.100.0/24 ct state new drop\n }\n}\n";
         }
+        if opts.drop_first_push {
+            // `@ih,768,32`: the 4 bytes at TCP payload offset 96 (24 ksock + 72 LNet header),
+            // the LE magic 0x70696e67 as they lie on the wire. A copy goes when its segment
+            // (client address, port, sequence number: forward comes before SNAT) is new; its
+            // retransmission, the same segment, passes.
+            script += "table ip lnat_push_loss {\n \
+                 set seen {\n  typeof ip saddr . tcp sport . tcp sequence; size 1024; flags dynamic;\n }\n \
+                 chain forward {\n  type filter hook forward priority 0;\n  \
+                 tcp dport 988 @ih,768,32 0x676e6970 ip saddr . tcp sport . tcp sequence != @seen \
+                 add @seen { ip saddr . tcp sport . tcp sequence } counter drop\n }\n}\n";
+        }
         nft(&self.router, &script)?;
         if opts.post_tc_drop > 0 {
             nft(
@@ -388,6 +405,19 @@ impl Topology {
             )?;
         }
         Ok(())
+    }
+
+    /// Discovery pushes the router dropped (their first copies), with
+    /// [`TopoOpts::drop_first_push`].
+    pub fn pushes_dropped(&self) -> anyhow::Result<u64> {
+        let rules =
+            self.router
+                .run(&["nft", "list", "chain", "ip", "lnat_push_loss", "forward"])?;
+        rules
+            .split("counter packets ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .context("no push-loss counter in the router's rules")
     }
 
     /// Turns GRO on the first client's `eth0` on or off: whether its stack, and a program on its

@@ -1,19 +1,17 @@
-//! The reproduction of why a NATed client's Lustre RPCs fail even with lnat attached (LNet
-//! 2.11 and later): before the server sends its reply PUT to the client's userspace peer it
+//! The reproduction of why a NATed client's Lustre RPCs fail with only lnat's ingress program
+//! attached (LNet 2.11 and later; `talk_back.rs` has them pass with both): before the server sends its reply PUT to the client's userspace peer it
 //! discovers that peer, which needs a new connection to the NAT (refused) or, once the client's
 //! push has named its private NID as primary, to that private address (times out). The
 //! emulated server and client run discovery as lustre-release c881f8eb does
 //! (`lnat_tests::discovery`); every number below is what that model predicts, so a change in
 //! the model fails the test. Needs root (network namespaces) and `target/release/lnat`.
 
-use std::time::Duration;
-
 use lnat_tests::{
     discovery::PeerSummary,
-    harness::{self, Host, Lnat},
+    harness::{Host, Lnat, RpcRun},
     ping,
     report::{ClientReport, Dial, RpcClient, RpcServed, ServerReport},
-    topology::{CLIENT_NID, NAT_NID, NatMode, SERVER, SERVER_NID, TopoOpts, Topology},
+    topology::{CLIENT_NID, NAT_NID, NatMode, SERVER_NID, TopoOpts, Topology},
 };
 
 /// Requests the client sends (and replies the server tries to send).
@@ -43,52 +41,14 @@ fn topology(tag: &str) -> Topology {
 
 /// One rpc exchange: the server with discovery `server_disc`, the client with `client_disc`.
 fn rpc(t: &Topology, server_disc: &str, client_disc: &str) -> (ClientReport, ServerReport) {
-    let (requests, callbacks) = (REQUESTS.to_string(), CALLBACKS.to_string());
-    let dial = format!("{SERVER}:988");
-    let server = [
-        "--nid",
-        SERVER_NID,
-        "--accept",
-        "all",
-        "--mode",
-        "rpc",
-        "--sizes",
-        "small",
-        "--callbacks",
-        &callbacks,
-        "--discovery",
-        server_disc,
-        "--dial-timeout-ms",
-        "2000",
-        "--hold-secs",
-        "20",
-    ];
-    let client = [
-        "--server",
-        &dial,
-        "--server-nid",
-        SERVER_NID,
-        "--nid",
-        CLIENT_NID,
-        "--mode",
-        "rpc",
-        "--requests",
-        &requests,
-        "--callbacks",
-        &callbacks,
-        "--discovery",
-        client_disc,
-        "--timeout-secs",
-        "12",
-    ];
-    harness::exchange(
-        t.server(),
-        t.client(),
-        &server,
-        &client,
-        Duration::from_secs(60),
-    )
-    .expect("exchange")
+    let run = RpcRun {
+        server_discovery: server_disc == "on",
+        client_discovery: client_disc == "on",
+        timeout_secs: 12,
+        ..RpcRun::new(REQUESTS, CALLBACKS)
+    };
+    let (mut clients, server) = run.run(t).expect("exchange");
+    (clients.remove(0), server)
 }
 
 /// The server's rpc record of its one connection, from a peer it calls `peer_nid`.
@@ -165,7 +125,7 @@ fn assert_nothing_delivered(client: &ClientReport, r: &RpcServed, errno: i32) {
 fn with_discovery_on_the_servers_puts_fail_on_the_private_nid_then_the_nat() {
     let t = topology("dcon");
     let host = Host::new(t.client()).expect("host");
-    let lnat = Lnat::attach(&host, "eth0", &[]).expect("lnat attach");
+    let lnat = Lnat::attach(&host, "eth0", &["--ingress-only"]).expect("lnat attach");
     let (client, server) = rpc(&t, "on", "on");
     let r = served(&server, NAT_NID);
     assert!(r.discovery);
@@ -219,7 +179,7 @@ fn with_discovery_on_the_servers_puts_fail_on_the_private_nid_then_the_nat() {
 fn with_discovery_off_at_the_server_it_still_pings_the_nat_and_is_refused() {
     let t = topology("dcoff");
     let host = Host::new(t.client()).expect("host");
-    let lnat = Lnat::attach(&host, "eth0", &[]).expect("lnat attach");
+    let lnat = Lnat::attach(&host, "eth0", &["--ingress-only"]).expect("lnat attach");
     for client_disc in ["on", "off"] {
         let (client, server) = rpc(&t, "off", client_disc);
         let r = served(&server, NAT_NID);

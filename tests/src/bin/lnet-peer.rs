@@ -39,22 +39,18 @@ enum Role {
     Server(ServerArgs),
     /// Connect like lnet_connect, check the server's HELLO, accept messages like lnet_parse.
     Client(ClientArgs),
-    /// Not LNet: accept one connection and send deterministic bytes.
+    /// Not LNet: accept one connection and send deterministic bytes (or read them).
     BlobServer {
         /// Address to listen on.
         #[arg(long)]
         listen: SocketAddr,
-        /// Bytes to send.
+        #[command(flatten)]
+        blob: BlobArgs,
+        /// Read what the client sends instead.
         #[arg(long)]
-        bytes: u32,
-        /// Seed of the bytes.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Send this text, repeated, instead of seeded bytes.
-        #[arg(long)]
-        text: Option<String>,
+        upload: bool,
     },
-    /// Not LNet: connect and read to the end.
+    /// Not LNet: connect and read to the end (or send deterministic bytes).
     BlobClient {
         /// Where to connect.
         #[arg(long)]
@@ -62,11 +58,40 @@ enum Role {
         /// Source port.
         #[arg(long)]
         src_port: Option<u16>,
+        #[command(flatten)]
+        blob: BlobArgs,
+        /// Send the bytes instead.
+        #[arg(long)]
+        upload: bool,
     },
     /// A bad network between two interfaces, until SIGTERM; prints what it did.
     Impair(ImpairArgs),
     /// A userspace TCP relay that rewrites NIDs, lnat's alternative (for benchmarks).
     Relay(RelayArgs),
+}
+
+/// The bytes of a blob transfer, for the side that sends them.
+#[derive(Args)]
+struct BlobArgs {
+    /// Bytes to send.
+    #[arg(long, default_value_t = 0)]
+    bytes: u32,
+    /// Seed of the bytes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Send this text, repeated, instead of seeded bytes.
+    #[arg(long)]
+    text: Option<String>,
+}
+
+impl BlobArgs {
+    fn blob(self) -> blob::Blob {
+        blob::Blob {
+            bytes: self.bytes,
+            seed: self.seed,
+            text: self.text,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -207,6 +232,9 @@ struct ClientArgs {
     /// and receive as many replies and --callbacks callbacks.
     #[arg(long, value_enum, default_value_t = Mode::Puts)]
     mode: Mode,
+    /// In rpc mode, checksum messages on a V2 connection (socklnd's enable_csum).
+    #[arg(long)]
+    csum: bool,
     /// In rpc mode, request PUTs to send.
     #[arg(long, default_value_t = 1)]
     requests: u64,
@@ -327,12 +355,22 @@ fn main() -> ExitCode {
     match Cli::parse().role {
         Role::BlobServer {
             listen,
-            bytes,
-            seed,
-            text,
-        } => finish(blob::serve(listen, bytes, seed, text.as_deref())),
-        Role::BlobClient { server, src_port } => {
-            finish(blob::fetch(server, src_port, Duration::from_secs(60)))
+            blob,
+            upload,
+        } => finish(blob::serve(listen, &blob.blob(), upload)),
+        Role::BlobClient {
+            server,
+            src_port,
+            blob,
+            upload,
+        } => {
+            let blob = blob.blob();
+            finish(blob::fetch(
+                server,
+                src_port,
+                Duration::from_secs(60),
+                upload.then_some(&blob),
+            ))
         }
         Role::Impair(a) => {
             // SAFETY: installs a handler that only stores to an atomic.
@@ -407,6 +445,7 @@ fn main() -> ExitCode {
                     requests: a.requests,
                     callbacks: a.callbacks,
                     discovery: a.discovery == OnOff::On,
+                    csum: a.csum,
                 }),
             };
             let report = if a.parallel > 1 {
