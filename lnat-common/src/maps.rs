@@ -172,8 +172,9 @@ pub struct Config {
     pub learn: u8,
     /// Bytes of link-layer header before IPv4 (14 on Ethernet, 0 on IP-only devices).
     pub l2_len: u8,
-    /// Keeps the next field aligned.
-    pub _pad: u8,
+    /// 1 when the egress program rewrites this host's discovery pushes (not
+    /// `--ingress-only`): only then does the ingress one make a server ask for them.
+    pub egress: u8,
     /// Bumped by `lnat` on every mapping change, so flows drop cached lookups.
     pub generation: u32,
     /// Bumped by the datapath on every mapping it learns, for the same reason. Kept apart from

@@ -142,8 +142,10 @@ pub trait Env {
     /// An active HELLO named us `ext`; `local` is who we are. Called once the HELLO is complete,
     /// before the next unit is parsed, only when `ext` is not mapped yet.
     fn learn(&mut self, ext: Nid, local: Nid);
-    /// The NID the peer names this host by on this connection, if it is not the host's own:
-    /// what an outgoing stream's own NIDs become. Asked by [`Direction::Out`] trackers only.
+    /// The NID the peer names this host by on this connection, if it is not the host's own and
+    /// this host's discovery pushes leave carrying it: what an outgoing stream's own NIDs
+    /// become. An incoming stream asks before it makes a server's ping reply ask for a push
+    /// (ingress rule I1): a push left as LNet wrote it would name the private NID.
     fn external(&mut self) -> Option<Nid> {
         None
     }
@@ -1064,7 +1066,7 @@ impl<const N: usize> Tracker<N> {
         // Inward the bit must end set, outward clear.
         let inward = self.dir == Direction::In as u8;
         let discovery = self.prefix_byte(at) as u32 & ping::feat::DISCOVERY != 0;
-        if discovery == inward || !self.ping_valid() || (!inward && self.external(env).is_none()) {
+        if discovery == inward || !self.ping_valid() || self.external(env).is_none() {
             return;
         }
         // The bit as wire bytes, a little-endian word like every patch.

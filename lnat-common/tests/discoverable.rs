@@ -97,9 +97,11 @@ fn server_stream(proto: Proto, endian: Endian, units: Vec<Unit>) -> StreamSpec {
 }
 
 /// A client that learns its external NID from the server's HELLO, as the datapath does.
+/// The client's environment: its pushes leave naming it by the external NID.
 fn env() -> MapEnv {
     MapEnv {
         learn: true,
+        external: Some(nid(EXTERNAL)),
         ..MapEnv::default()
     }
 }

@@ -149,10 +149,15 @@ impl<const N: usize, S: Side<N>> Env for DpEnv<'_, N, S> {
         );
     }
 
-    /// The NID the server named this host by in its HELLO on this connection: the hint of the
-    /// connection's incoming stream (read without its claim: one aligned word, which the
-    /// ingress program writes once, at the HELLO, before this host sends any LNet message).
+    /// The NID the server named this host by in its HELLO on this connection, when the egress
+    /// program runs: the hint of the connection's incoming stream (read without its claim: one
+    /// aligned word, which the ingress program writes once, at the HELLO, before this host
+    /// sends any LNet message).
     fn external(&mut self) -> Option<Nid> {
+        // SAFETY: the config value outlives the packet's processing.
+        if S::DIR == Direction::In && unsafe { (*self.cfg).egress } == 0 {
+            return None;
+        }
         let f = maps::FLOWS.get_ptr(self.key())?;
         // SAFETY: a live flow-table value; the word is read whole.
         let hint = unsafe { core::ptr::read_volatile(&raw const (*f).tracker.hint) };

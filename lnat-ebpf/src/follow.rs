@@ -4,17 +4,18 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use lnat_common::{
     flow::{self, Event},
-    maps::{FlowState, SegmentInfo, Work},
+    history::RUNS,
+    maps::{FlowState, OUT_RUNS, SegmentInfo, Work},
     quiet::Quiet,
     segment::{MAX_STEPS, Outcome},
-    tracker::{Admit, Desync},
+    tracker::{Admit, Desync, Direction},
 };
 
 use crate::{
     DROP, PASS,
     env::DpEnv,
     flows, headers, maps,
-    side::{self, Side, Tally},
+    side::{self, In, Out, Side, Tally},
     skb::SkbPacket,
 };
 
@@ -47,10 +48,17 @@ pub fn packet<const N: usize, S: Side<N>>(ctx: &TcContext) -> i32 {
         rewrite::<N, S>(ctx, work)
     };
     // A FIN or RST, after whatever data it carries: the flow is closing, and keeps its state
-    // for the bytes before it that may still come (see `lnat_common::flow`).
+    // for the bytes before it that may still come (see `lnat_common::flow`). So is the other
+    // direction's: a reset ends it too, and after a FIN the connection is on its way out (a
+    // closing flow is still followed, and freed only once idle).
     if event == Event::End {
         // SAFETY: as above.
-        flows::end::<N, S>(unsafe { &(*work).seg });
+        let seg = unsafe { &(*work).seg };
+        flows::end::<N, S>(seg);
+        match S::DIR {
+            Direction::In => flows::end::<OUT_RUNS, Out>(seg),
+            Direction::Out => flows::end::<RUNS, In>(seg),
+        }
     }
     verdict
 }

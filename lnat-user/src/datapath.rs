@@ -550,6 +550,13 @@ impl Maps {
         self.set_config(cfg)
     }
 
+    /// Tells the ingress program whether the egress one rewrites this host's pushes.
+    pub fn set_egress(&mut self, on: bool) -> anyhow::Result<()> {
+        let mut cfg = self.config()?;
+        cfg.egress = on as u8;
+        self.set_config(cfg)
+    }
+
     /// Every mapping, sorted by external NID.
     pub fn mappings(&self) -> anyhow::Result<Vec<(Nid, Mapping)>> {
         let mut all = Vec::new();

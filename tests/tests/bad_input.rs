@@ -9,10 +9,10 @@
 //! short or with bad header lengths, run through the loaded program (`golden.rs`,
 //! `frames_lnat_does_not_own_pass_untouched`).
 //!
-//! A limit these tests show: lnat sees a connection end only by the server's FIN or RST. When the
-//! client's kernel gives up on a stream with bytes unread, its close is a reset the server never
-//! answers, so the flow stays in the table (marked desynchronised) until the least-recently-used
-//! eviction or the next connection from the same port reuses it.
+//! When the client's kernel gives up on a stream with bytes unread, its close is a reset the
+//! server never answers: lnat's egress program sees it and marks the flow closing (given up, it
+//! stays until it has been idle long enough, LRU pressure, or the next connection from the same
+//! port reuses it).
 
 use std::{
     net::UdpSocket,
@@ -70,7 +70,7 @@ struct Break {
     rewritten: u64,
     /// Why lnat stops following the connection, if it must.
     gave_up: Option<&'static str>,
-    /// Whether the server ends the connection; otherwise the client resets it, unseen by lnat.
+    /// Whether the server ends the connection; otherwise the client resets it.
     server_closes: bool,
 }
 
@@ -129,12 +129,14 @@ fn broken(tag: &str, b: &Break) {
             .unwrap_or_else(|e| panic!("{m}: {e:#}"));
         assert_eq!(lnat.counters().expect("counters")["flows_closed"], 1, "{m}");
     } else {
-        // The client reset the connection: lnat never saw it end. The flow stays, given up.
+        // The client reset the connection: the egress program saw the RST leave. The flow
+        // stays, given up and closing.
         let status = lnat.status().expect("status");
         let flows = status["flows"].as_array().expect("flows");
         assert_eq!(flows.len(), 1, "{m}: {status}");
         assert_eq!(flows[0]["desynced"].as_str(), b.gave_up, "{m}: {status}");
-        assert_eq!(status["counters"]["flows_closed"], 0, "{m}: {status}");
+        assert_eq!(flows[0]["closing"], true, "{m}: {status}");
+        assert_eq!(status["counters"]["flows_closed"], 1, "{m}: {status}");
     }
     // The next connection comes from the same reserved port: lnat follows it afresh, and (when
     // the old flow was left behind) in its place.

@@ -51,19 +51,27 @@ fn clsact_mode_works_and_leaves_no_filter() {
     assert!(!tc_filters(&host).contains("lnat"), "filter left behind");
 }
 
-/// Asserts that `lnat status` finds the program `lnat` announced, attached in `mode`, with
-/// its verifier cost, in JSON and in text.
+/// Asserts that `lnat status` finds the programs `lnat` announced, attached in `mode`, with
+/// their verifier costs, in JSON and in text.
 fn assert_status_finds_the_program(host: &Host, lnat: &Lnat<'_>, mode: &str) {
     let program = lnat.program_id().expect("program id");
+    let egress = lnat.lines()[0]
+        .split("its egress (program ")
+        .nth(1)
+        .and_then(|s| s.split(')').next()?.parse::<u64>().ok())
+        .expect("the egress program's id");
     let status = lnat.status().expect("status");
     assert_eq!(status["program_id"], program, "{status}");
     assert_eq!(status["mode"], mode, "{status}");
+    assert_eq!(status["egress"]["program_id"], egress, "{status}");
     let verified = status["verified_insns"].as_u64().unwrap_or(0);
-    assert!(verified > 0, "{status}");
+    let egress_verified = status["egress"]["verified_insns"].as_u64().unwrap_or(0);
+    assert!(verified > 0 && egress_verified > 0, "{status}");
     let text = host.lnat(&["status", "eth0"]).expect("status");
     assert!(
         text.starts_with(&format!(
-            "eth0: attached ({mode}, program {program}, {verified} instructions verified)"
+            "eth0: attached ({mode}, program {program}, {verified} instructions verified; \
+             egress program {egress}, {egress_verified} instructions verified)"
         )),
         "{text}"
     );
@@ -124,7 +132,9 @@ fn sigkill_mid_transfer_then_reattach_and_reconnect() {
         &["--pace-ms", "5", "--conns", "12", "--hold-secs", "5"],
     )
     .expect("server");
-    let client = harness::lnet_client(&t, 600, Duration::from_secs(90), &["--reconnects", "10"])
+    // Reconnections every 200 ms while lnat is away, which takes seconds to verify its two
+    // programs again.
+    let client = harness::lnet_client(&t, 600, Duration::from_secs(90), &["--reconnects", "100"])
         .expect("client");
     // tcx where the kernel has it; on Debian 12's 6.1 attach chooses clsact.
     let tcx = lnat.lines()[0].contains("(tcx, program");

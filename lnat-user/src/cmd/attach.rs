@@ -86,6 +86,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<()> {
     datapath::pin_maps(&ebpf, &dir)?;
     let mut maps = Maps::pinned(&iface.name)?;
     maps.configure(&args.ports, !args.no_learn, iface.l2_len)?;
+    maps.set_egress(!args.ingress_only)?;
     for ext in &args.externals {
         maps.add_static(*ext, None)?;
     }

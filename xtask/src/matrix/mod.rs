@@ -14,14 +14,16 @@ use kernels::{Expect, KERNELS, Kernel};
 /// The tests each passing guest runs: test target, and the test binary's arguments. The
 /// lifecycle tests attach, report and detach in each mode, and SIGKILL lnat to see the next
 /// attach remove the stale filter or pins; the one whose client must outlast lnat's downtime
-/// mid-transfer runs on the host only (under TCG a re-attach outlasts its server).
-const GUEST_TESTS: [(&str, &str); 3] = [
+/// mid-transfer runs on the host only (under TCG a re-attach outlasts its server). The
+/// talk-back tests are the egress program's and the ingress ping-reply rule's, end to end.
+const GUEST_TESTS: [(&str, &str); 4] = [
     ("golden", ""),
     ("core", ""),
     (
         "lifecycle",
         "--skip sigkill_mid_transfer_then_reattach_and_reconnect",
     ),
+    ("talk_back", ""),
 ];
 
 /// Longest a guest that runs the tests may take (TCG runs them about 5 times slower).
@@ -224,7 +226,7 @@ fn guest_row(kernel: Kernel, dir: &Path, tests: &[(String, String)]) -> anyhow::
             Ok(row(
                 mode,
                 verified,
-                "pass (golden, core, lifecycle)".to_owned(),
+                "pass (golden, core, lifecycle, talk_back)".to_owned(),
             ))
         }
         Expect::Refused { lacks } => {
