@@ -28,7 +28,7 @@ fn local() -> u32 {
 
 /// What the server runs with discovery off: `NI_STATUS|RTE_DISABLED|MULTI_RAIL`, no DISCOVERY
 /// (`api-ni.c:1909-1910`, `:2243-2246`).
-const FEATURES: u32 = ping::feat::NI_STATUS | 0x04 | ping::feat::MULTI_RAIL;
+const FEATURES: u32 = ping::feat::NI_STATUS | ping::feat::RTE_DISABLED | ping::feat::MULTI_RAIL;
 
 /// Ping information listing `nids` after `0@lo`, in `endian`, as `lnet_ping_target_create`
 /// builds it (`api-ni.c:1909-1925`).
@@ -36,12 +36,16 @@ fn ping_info(endian: Endian, features: u32, nids: &[Nid]) -> Vec<u8> {
     let mut b = vec![0u8; ping::HEAD_LEN + ping::NI_LEN * (1 + nids.len())];
     endian.put_u32(&mut b, ping::MAGIC_AT, ping::MAGIC);
     endian.put_u32(&mut b, ping::FEATURES, features);
-    endian.put_u32(&mut b, 8, wire::PID_LUSTRE);
+    endian.put_u32(&mut b, ping::PID, wire::PID_LUSTRE);
     endian.put_u32(&mut b, ping::NNIS, 1 + nids.len() as u32);
     for (i, n) in [ping::LO].iter().chain(nids).enumerate() {
         let at = ping::HEAD_LEN + i * ping::NI_LEN;
         endian.put_u64(&mut b, at, n.0);
-        endian.put_u32(&mut b, at + 8, if i == 0 { 7 } else { 0x15aa_c0de });
+        endian.put_u32(
+            &mut b,
+            at + ping::NI_STATUS_AT,
+            if i == 0 { 7 } else { ping::STATUS_UP },
+        );
     }
     b
 }
@@ -210,7 +214,7 @@ fn payload_at(spec: &StreamSpec, start: usize) -> usize {
 
 /// The features byte holding DISCOVERY in ping information, from its magic.
 fn features_at(payload: &[u8]) -> usize {
-    if Endian::Little.u32(payload, 0) == ping::MAGIC {
+    if Endian::Little.u32(payload, ping::MAGIC_AT) == ping::MAGIC {
         ping::FEATURES
     } else {
         ping::FEATURES + 3

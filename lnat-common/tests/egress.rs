@@ -29,13 +29,16 @@ fn ping_info(endian: Endian, features: u32, nids: &[Nid]) -> Vec<u8> {
     let mut b = vec![0u8; ping::HEAD_LEN + ping::NI_LEN * (1 + nids.len())];
     endian.put_u32(&mut b, ping::MAGIC_AT, ping::MAGIC);
     endian.put_u32(&mut b, ping::FEATURES, features);
-    endian.put_u32(&mut b, 8, wire::PID_LUSTRE);
+    endian.put_u32(&mut b, ping::PID, wire::PID_LUSTRE);
     endian.put_u32(&mut b, ping::NNIS, 1 + nids.len() as u32);
-    let lo = Nid::new(0, 9, 0);
-    for (i, n) in [lo].iter().chain(nids).enumerate() {
+    for (i, n) in [ping::LO].iter().chain(nids).enumerate() {
         let at = ping::HEAD_LEN + i * ping::NI_LEN;
         endian.put_u64(&mut b, at, n.0);
-        endian.put_u32(&mut b, at + 8, if i == 0 { 7 } else { 0x15aa_c0de });
+        endian.put_u32(
+            &mut b,
+            at + ping::NI_STATUS_AT,
+            if i == 0 { 7 } else { ping::STATUS_UP },
+        );
     }
     b
 }
@@ -126,7 +129,7 @@ fn expected(spec: &StreamSpec, pushes: &[usize]) -> (Vec<u8>, Vec<usize>) {
             panic!("not a push");
         };
         let p = starts[u] + hdr;
-        let endian = if Endian::Little.u32(payload, 0) == ping::MAGIC {
+        let endian = if Endian::Little.u32(payload, ping::MAGIC_AT) == ping::MAGIC {
             Endian::Little
         } else {
             Endian::Big
@@ -178,7 +181,10 @@ fn assert_sent(got: &[u8], want: &[u8], may_differ: &[usize], what: &str) {
 }
 
 fn mixed_units(csum: bool, endian: Endian) -> (Vec<Unit>, Vec<usize>) {
-    let features = ping::feat::NI_STATUS | ping::feat::MULTI_RAIL | 0x04 | ping::feat::DISCOVERY;
+    let features = ping::feat::NI_STATUS
+        | ping::feat::MULTI_RAIL
+        | ping::feat::RTE_DISABLED
+        | ping::feat::DISCOVERY;
     let units = vec![
         put(4, 7, vec![0x5a; 100], csum),
         push(ping_info(endian, features, &[nid(CLIENT)]), csum),

@@ -251,7 +251,7 @@ impl Node {
                 p.state |= state::FORCE_PING;
                 PushOutcome::Invalid(e)
             }
-            Ok(info) if info.features & ping::FEAT_MULTI_RAIL == 0 => PushOutcome::NotMultiRail,
+            Ok(info) if info.features & ping::feat::MULTI_RAIL == 0 => PushOutcome::NotMultiRail,
             Ok(info) => {
                 self.take_peer_features(i, &info);
                 let p = &mut self.peers[i];
@@ -275,12 +275,12 @@ impl Node {
     fn take_peer_features(&mut self, i: usize, info: &PingInfo) {
         let here = self.discovery;
         let p = &mut self.peers[i];
-        if info.features & ping::FEAT_DISCOVERY == 0 || !here {
+        if info.features & ping::feat::DISCOVERY == 0 || !here {
             p.state |= state::NO_DISCOVERY;
         } else {
             p.state &= !state::NO_DISCOVERY;
         }
-        if info.features & ping::FEAT_MULTI_RAIL != 0 {
+        if info.features & ping::feat::MULTI_RAIL != 0 {
             if here && p.state & state::NO_DISCOVERY == 0 {
                 p.state |= state::MULTI_RAIL;
             }
@@ -579,7 +579,7 @@ mod tests {
     /// the pushed data the peer is not Multi-Rail, nothing is pushed back, and PUTs go at once.
     #[test]
     fn a_push_naming_the_nat_needs_no_push_back_only_without_the_discovery_feature() {
-        for (features_off, want) in [(0, Err(-111)), (ping::FEAT_DISCOVERY, Ok(()))] {
+        for (features_off, want) in [(0, Err(-111)), (ping::feat::DISCOVERY, Ok(()))] {
             let mut node = Node::new(true);
             node.peer_of(nid(NAT));
             let mut info = Node::new(true).ping_info(&[nid(NAT)]);
@@ -631,7 +631,7 @@ mod tests {
             (Err(-111), vec![("ping", nid(NAT))])
         );
         let mut plain = good.clone();
-        plain.features &= !ping::FEAT_MULTI_RAIL;
+        plain.features &= !ping::feat::MULTI_RAIL;
         let (outcome, _) = node.push_received(
             nid(NAT),
             &plain.encode(lnat_common::wire::Endian::Little),

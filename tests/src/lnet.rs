@@ -434,7 +434,10 @@ pub fn portal_of(hdr: &LnetHdr) -> Option<u32> {
 mod tests {
     use std::{net::TcpListener, time::Duration};
 
-    use lnat_common::wire::{LnetType, PID_LUSTRE, PID_USERFLAG};
+    use lnat_common::{
+        ping,
+        wire::{LnetType, PID_LUSTRE, PID_USERFLAG},
+    };
 
     use super::*;
 
@@ -630,14 +633,17 @@ mod tests {
             src: (nid("203.0.113.10@tcp"), PID_LUSTRE),
         };
         let ret = [7u8; 16];
-        let get = client.get(0, 0x8000_0000_0000_0000, ret, 4096);
+        let get = client.get(ping::PORTAL, ping::MATCH_BITS, ret, 4096);
         a.send_lnet(Proto::V3, Endian::Little, get, Vec::new(), false)
             .expect("send");
         let Msg::Lnet { hdr, .. } = b.recv_msg(Proto::V3, Endian::Little).expect("recv") else {
             panic!("a NOOP instead of a GET");
         };
         assert_eq!(hdr, get);
-        assert_eq!((portal_of(&hdr), index_of(&hdr)), (Some(0), 1 << 63));
+        assert_eq!(
+            (portal_of(&hdr), index_of(&hdr)),
+            (Some(ping::PORTAL), ping::MATCH_BITS)
+        );
         assert_eq!(hdr.body[32..36], 4096u32.to_le_bytes());
         let reply = server.reply(wmd_of(&hdr), 3);
         b.send_lnet(Proto::V3, Endian::Big, reply, vec![1, 2, 3], false)

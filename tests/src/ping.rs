@@ -6,28 +6,13 @@
 
 use lnat_common::{nid::Nid, wire::Endian};
 
-/// `LNET_PROTO_PING_MAGIC` ('ping'), lnet-idl.h:187.
-pub const MAGIC: u32 = 0x7069_6e67;
-/// `LNET_PING_FEAT_NI_STATUS`: entries carry a status; required by the receiver.
-pub const FEAT_NI_STATUS: u32 = 1 << 1;
-/// `LNET_PING_FEAT_RTE_DISABLED`: the node does not route.
-pub const FEAT_RTE_DISABLED: u32 = 1 << 2;
-/// `LNET_PING_FEAT_MULTI_RAIL`: the node is Multi-Rail aware (and may push).
-pub const FEAT_MULTI_RAIL: u32 = 1 << 3;
-/// `LNET_PING_FEAT_DISCOVERY`: the node runs discovery (`lnet_peer_discovery_disabled=0`).
-pub const FEAT_DISCOVERY: u32 = 1 << 4;
-/// `LNET_NI_STATUS_UP`, lnet-idl.h:230.
-pub const STATUS_UP: u32 = 0x15aa_c0de;
-/// `LNET_NID_LO_0` (0@lo): `LNET_MKNID(LNET_MKNET(LOLND, 0), 0)`, lnet-types.h:82.
-pub const NID_LO_0: u64 = (lnat_common::nid::LOLND as u64) << 48;
-/// `LNET_PROTO_PING_MATCHBITS`, lib-types.h:1455: the match bits of pings and pushes.
-pub const MATCH_BITS: u64 = 0x8000_0000_0000_0000;
-/// `LNET_RESERVED_PORTAL`, lnet-types.h:28: the portal of pings and pushes.
-pub const PORTAL: u32 = 0;
-/// Header bytes before the entries (`LNET_PING_INFO_HDR_SIZE`).
-const HDR_LEN: usize = 16;
-/// Bytes of one `struct lnet_ni_status`.
-const ENTRY_LEN: usize = 16;
+use lnat_common::ping::{
+    FEATURES, HEAD_LEN, MAGIC_AT, NI_LEN, NI_MSG_SIZE, NI_STATUS_AT, NNIS, PID,
+};
+/// The layout's constants are the datapath's (`lnat_common::ping`), one definition for both;
+/// the captured reply in the tests below checks them against a real kernel's bytes.
+pub use lnat_common::ping::{LO, MAGIC, MATCH_BITS, PORTAL, STATUS_UP, feat};
+
 /// `lnet_interfaces_max`'s default (`LNET_INTERFACES_MAX_DEFAULT`, lnet-types.h:226,
 /// api-ni.c:122), the most entries `lnet_ping_info_validate` accepts.
 const MAX_ENTRIES: u32 = 4096;
@@ -65,12 +50,12 @@ impl PingInfo {
     /// routing disabled (the emulated nodes do not route), discovery when enabled; entry 0 is
     /// 0@lo with the sequence number as its status (`LNET_PING_INFO_SEQNO`), then each NID up.
     pub fn of_node(pid: u32, nids: &[Nid], discovery: bool, seqno: u32) -> PingInfo {
-        let mut features = FEAT_NI_STATUS | FEAT_MULTI_RAIL | FEAT_RTE_DISABLED;
+        let mut features = feat::NI_STATUS | feat::MULTI_RAIL | feat::RTE_DISABLED;
         if discovery {
-            features |= FEAT_DISCOVERY;
+            features |= feat::DISCOVERY;
         }
         let mut nis = vec![NiStatus {
-            nid: NID_LO_0,
+            nid: LO.0,
             status: seqno,
             msg_size: 0,
         }];
@@ -89,16 +74,16 @@ impl PingInfo {
 
     /// Encodes in `endian` (a node writes its ping data in its own byte order).
     pub fn encode(&self, endian: Endian) -> Vec<u8> {
-        let mut b = vec![0u8; HDR_LEN + ENTRY_LEN * self.nis.len()];
-        endian.put_u32(&mut b, 0, self.magic);
-        endian.put_u32(&mut b, 4, self.features);
-        endian.put_u32(&mut b, 8, self.pid);
-        endian.put_u32(&mut b, 12, self.nis.len() as u32);
+        let mut b = vec![0u8; HEAD_LEN + NI_LEN * self.nis.len()];
+        endian.put_u32(&mut b, MAGIC_AT, self.magic);
+        endian.put_u32(&mut b, FEATURES, self.features);
+        endian.put_u32(&mut b, PID, self.pid);
+        endian.put_u32(&mut b, NNIS, self.nis.len() as u32);
         for (i, ni) in self.nis.iter().enumerate() {
-            let at = HDR_LEN + ENTRY_LEN * i;
+            let at = HEAD_LEN + NI_LEN * i;
             endian.put_u64(&mut b, at, ni.nid);
-            endian.put_u32(&mut b, at + 8, ni.status);
-            endian.put_u32(&mut b, at + 12, ni.msg_size);
+            endian.put_u32(&mut b, at + NI_STATUS_AT, ni.status);
+            endian.put_u32(&mut b, at + NI_MSG_SIZE, ni.msg_size);
         }
         b
     }
@@ -108,30 +93,30 @@ impl PingInfo {
     /// is kept in `nis.len()` only as far as the bytes go, and [`PingInfo::validate`] then
     /// sees the count the sender claimed through `claimed`.
     pub fn decode(b: &[u8]) -> Option<(PingInfo, u32)> {
-        if b.len() < HDR_LEN {
+        if b.len() < HEAD_LEN {
             return None;
         }
-        let endian = if Endian::Little.u32(b, 0) == MAGIC.swap_bytes() {
+        let endian = if Endian::Little.u32(b, MAGIC_AT) == MAGIC.swap_bytes() {
             Endian::Big
         } else {
             Endian::Little
         };
-        let claimed = endian.u32(b, 12);
-        let fit = ((b.len() - HDR_LEN) / ENTRY_LEN).min(claimed as usize);
+        let claimed = endian.u32(b, NNIS);
+        let fit = ((b.len() - HEAD_LEN) / NI_LEN).min(claimed as usize);
         let nis = (0..fit)
             .map(|i| {
-                let at = HDR_LEN + ENTRY_LEN * i;
+                let at = HEAD_LEN + NI_LEN * i;
                 NiStatus {
                     nid: endian.u64(b, at),
-                    status: endian.u32(b, at + 8),
-                    msg_size: endian.u32(b, at + 12),
+                    status: endian.u32(b, at + NI_STATUS_AT),
+                    msg_size: endian.u32(b, at + NI_MSG_SIZE),
                 }
             })
             .collect();
         let info = PingInfo {
-            magic: endian.u32(b, 0),
-            features: endian.u32(b, 4),
-            pid: endian.u32(b, 8),
+            magic: endian.u32(b, MAGIC_AT),
+            features: endian.u32(b, FEATURES),
+            pid: endian.u32(b, PID),
             nis,
         };
         Some((info, claimed))
@@ -144,13 +129,13 @@ impl PingInfo {
         if self.magic != MAGIC {
             return Err(-EPROTO);
         }
-        if self.features & FEAT_NI_STATUS == 0 {
+        if self.features & feat::NI_STATUS == 0 {
             return Err(-EPROTO);
         }
         if !(1..=MAX_ENTRIES).contains(&claimed) {
             return Err(-ERANGE);
         }
-        if self.nis.first().map(|n| n.nid) != Some(NID_LO_0) {
+        if self.nis.first().map(|n| n.nid) != Some(LO.0) {
             return Err(-EPROTO);
         }
         Ok(())
@@ -195,7 +180,7 @@ mod tests {
         assert_eq!(info.validate(claimed), Ok(()));
         assert_eq!(
             info.features,
-            FEAT_NI_STATUS | FEAT_RTE_DISABLED | FEAT_MULTI_RAIL | FEAT_DISCOVERY
+            feat::NI_STATUS | feat::RTE_DISABLED | feat::MULTI_RAIL | feat::DISCOVERY
         );
         assert_eq!(info.pid, lnat_common::wire::PID_LUSTRE);
         // Entry 0's status is the sender's sequence number (`LNET_PING_INFO_SEQNO`).
@@ -228,7 +213,7 @@ mod tests {
         bad.magic = 0x1234;
         assert_eq!(bad.validate(2), Err(-EPROTO));
         let mut bad = good.clone();
-        bad.features &= !FEAT_NI_STATUS;
+        bad.features &= !feat::NI_STATUS;
         assert_eq!(bad.validate(2), Err(-EPROTO));
         assert_eq!(good.validate(0), Err(-ERANGE));
         assert_eq!(good.validate(MAX_ENTRIES + 1), Err(-ERANGE));

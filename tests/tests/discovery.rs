@@ -23,9 +23,11 @@ const REFUSED: i32 = -111;
 /// `-ETIMEDOUT`: the client's private address is not reachable from outside.
 const TIMED_OUT: i32 = -110;
 /// The server's own ping data: NI status, Multi-Rail, not routing, and discovery if on.
-const FEATURES_ON: u32 =
-    ping::FEAT_NI_STATUS | ping::FEAT_MULTI_RAIL | ping::FEAT_RTE_DISABLED | ping::FEAT_DISCOVERY;
-const FEATURES_OFF: u32 = FEATURES_ON & !ping::FEAT_DISCOVERY;
+const FEATURES_ON: u32 = ping::feat::NI_STATUS
+    | ping::feat::MULTI_RAIL
+    | ping::feat::RTE_DISABLED
+    | ping::feat::DISCOVERY;
+const FEATURES_OFF: u32 = FEATURES_ON & !ping::feat::DISCOVERY;
 
 /// The NAT'd world, with the clients' network unreachable from outside as behind a real NAT.
 fn topology(tag: &str) -> Topology {

@@ -16,7 +16,8 @@ use lnat_tests::{
 
 /// The server's ping data features with discovery on, as the client's push carries them
 /// after lnat: NI status, Multi-Rail, not routing, and no DISCOVERY.
-const PUSHED_FEATURES: u32 = ping::FEAT_NI_STATUS | ping::FEAT_MULTI_RAIL | ping::FEAT_RTE_DISABLED;
+const PUSHED_FEATURES: u32 =
+    ping::feat::NI_STATUS | ping::feat::MULTI_RAIL | ping::feat::RTE_DISABLED;
 
 /// The NAT'd world with `clients` clients, the private network unreachable from outside.
 fn topology(tag: &str, clients: usize, more: TopoOpts) -> Topology {
@@ -236,7 +237,7 @@ fn with_discovery_off_at_the_server_the_client_still_gets_everything() {
     let c = clients[0].rpc.as_ref().expect("the client's rpc record");
     assert_eq!(
         c.ping_reply_features,
-        vec![PUSHED_FEATURES | ping::FEAT_DISCOVERY],
+        vec![PUSHED_FEATURES | ping::feat::DISCOVERY],
         "the reply as the client saw it; {}",
         lnat[0].counters().expect("counters")
     );
