@@ -16,15 +16,16 @@ use aya::{
     Ebpf,
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
-use lnat::datapath::{self, Maps};
+use lnat::datapath::{self, Hook, Maps};
 use lnat_common::{
     maps::{Counters, Origin},
     nid::Nid,
+    ping,
     tracker::Role,
-    wire::{Endian, Proto},
+    wire::{self, Connreq, Endian, Hello, LnetHdr, LnetHdrLayout, LnetType, Proto},
 };
 use lnat_testkit::{
-    Cast, Rng,
+    Cast, Rng, StreamSpec, Unit,
     frames::{self, ACK, Build, FIN, PSH, RST, SYN, Tcp4},
 };
 
@@ -43,7 +44,8 @@ enum Csum {
     Complete,
 }
 
-/// A loaded, unattached datapath and its maps.
+/// A loaded, unattached datapath and its maps: both programs, which share the maps as they do
+/// when attached, so that the egress one finds what the ingress one learned of a connection.
 struct Datapath {
     ebpf: Ebpf,
     maps: Maps,
@@ -53,39 +55,51 @@ struct Datapath {
 impl Datapath {
     fn new(learn: bool, csum: Csum) -> Datapath {
         let mut ebpf = datapath::load(256).expect("load");
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(datapath::PROGRAM)
-            .expect("program")
-            .try_into()
-            .expect("classifier");
-        prog.load().expect("verifier");
+        for hook in Hook::BOTH {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(hook.program())
+                .expect("program")
+                .try_into()
+                .expect("classifier");
+            prog.load().expect("verifier");
+        }
         let mut maps = Maps::take(&mut ebpf).expect("maps");
         maps.configure(&[988], learn, frames::ETH_LEN as u8)
             .expect("configure");
         Datapath { ebpf, maps, csum }
     }
 
-    fn prog(&mut self) -> &mut SchedClassifier {
+    fn prog(&mut self, hook: Hook) -> &mut SchedClassifier {
         self.ebpf
-            .program_mut(datapath::PROGRAM)
+            .program_mut(hook.program())
             .expect("program")
             .try_into()
             .expect("classifier")
     }
 
-    /// Runs the program on `frame`: its verdict and the frame as it left.
+    /// Runs the ingress program on `frame`: its verdict and the frame as it left.
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.try_run(frame).expect("test run")
     }
 
-    /// [`Datapath::run`], for frames the kernel may refuse to build an skb from. With
-    /// CHECKSUM_COMPLETE, EBADMSG means the program left `skb->csum` stale.
+    /// [`Datapath::run`] with the egress program, for what the client sends.
+    fn run_egress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.try_run_on(Hook::Egress, frame).expect("test run")
+    }
+
+    /// [`Datapath::run`], for frames the kernel may refuse to build an skb from.
     fn try_run(&mut self, frame: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
+        self.try_run_on(Hook::Ingress, frame)
+    }
+
+    /// Runs the program of `hook` on `frame`. With CHECKSUM_COMPLETE, EBADMSG means the program
+    /// left `skb->csum` stale.
+    fn try_run_on(&mut self, hook: Hook, frame: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
         let mut out = vec![0u8; frame.len() + 256];
         let (ret, len) = match self.csum {
             Csum::None => {
                 let r = self
-                    .prog()
+                    .prog(hook)
                     .test_run(TestRunOptions {
                         data_in: Some(frame),
                         data_out: Some(&mut out),
@@ -95,7 +109,7 @@ impl Datapath {
                 (r.return_value, r.data_size_out)
             }
             Csum::Complete => {
-                let fd = self.prog().fd().expect("fd").as_fd().as_raw_fd();
+                let fd = self.prog(hook).fd().expect("fd").as_fd().as_raw_fd();
                 test_run_complete(fd, frame, &mut out)?
             }
         };
@@ -559,5 +573,462 @@ fn frames_lnat_does_not_own_pass_untouched() {
         assert_eq!(dp.counters().rewritten, 0);
         assert_eq!(dp.counters().flows_opened, 0);
         assert!(dp.maps.mappings().expect("mappings").is_empty());
+    });
+}
+
+// The egress program: the client's discovery pushes, on connections whose ingress told it the
+// NID the server names the client by (docs/discovery.md, "Rules for the egress datapath").
+
+const SERVER_NID: &str = "203.0.113.10@tcp";
+const CLIENT_NID: &str = "198.51.100.2@tcp";
+/// The NAT's address, as the server names the client.
+const EXTERNAL_NID: &str = "203.0.113.1@tcp";
+
+/// The features of a Multi-Rail client with discovery on.
+const FEATURES: u32 = ping::feat::NI_STATUS | ping::feat::MULTI_RAIL | ping::feat::DISCOVERY;
+/// `LNET_NI_STATUS_UP`.
+const NI_STATUS_UP: u32 = 0x15aa_c0de;
+
+// Message offsets of what a push's rewrite changes, counted by hand: the payload starts at 96,
+// after the 24-byte ksock header and the 72-byte LNet header.
+/// `pi_features`' low byte (payload 4).
+const FEATURES_AT: usize = 100;
+/// Entry 1's address (payload 16 + 16, little-endian).
+const ADDR_AT: usize = 128;
+/// Entry 1's `ns_msg_size` (payload 44), where a checksum is compensated.
+const COMP_AT: usize = 140;
+
+/// A connection a push is rewritten on: V3, and V2 with socklnd checksums, whose change the
+/// rewrite must cancel.
+const PUSHES: [(Proto, bool); 2] = [(Proto::V3, false), (Proto::V2, true)];
+
+fn nid(s: &str) -> Nid {
+    s.parse().expect("nid")
+}
+
+/// A segment from the client's `port` to the server's 988: what the egress program sees.
+fn out_seg(port: u16, seq: u32, payload: &[u8]) -> Build<'_> {
+    Build {
+        src: (CLIENT, port),
+        dst: (SERVER, 988),
+        ..seg(port, seq, payload)
+    }
+}
+
+/// Ping information as a little-endian node builds it (`lnet_ping_target_create`): 0@lo, then
+/// `nids`, all up.
+fn ping_info(features: u32, nids: &[Nid]) -> Vec<u8> {
+    let le = Endian::Little;
+    let mut b = vec![0u8; ping::HEAD_LEN + ping::NI_LEN * (1 + nids.len())];
+    le.put_u32(&mut b, ping::MAGIC_AT, ping::MAGIC);
+    le.put_u32(&mut b, ping::FEATURES, features);
+    le.put_u32(&mut b, 8, wire::PID_LUSTRE);
+    le.put_u32(&mut b, ping::NNIS, 1 + nids.len() as u32);
+    for (i, n) in [ping::LO].iter().chain(nids).enumerate() {
+        let at = ping::HEAD_LEN + i * ping::NI_LEN;
+        le.put_u64(&mut b, at, n.0);
+        le.put_u32(&mut b, at + 8, NI_STATUS_UP);
+    }
+    b
+}
+
+/// An LNet message from the client to the server.
+fn client_msg(
+    msg_type: LnetType,
+    body: [u8; LnetHdrLayout::BODY_LEN],
+    payload: Vec<u8>,
+    csum: bool,
+) -> Unit {
+    Unit::Lnet {
+        hdr: LnetHdr {
+            dest_nid: nid(SERVER_NID),
+            src_nid: nid(CLIENT_NID),
+            dest_pid: wire::PID_LUSTRE,
+            src_pid: wire::PID_LUSTRE,
+            msg_type: msg_type as u32,
+            payload_length: 0,
+            body,
+        },
+        payload,
+        csum,
+    }
+}
+
+/// A PUT from the client on `portal` with `bits`.
+fn put(portal: u32, bits: u64, payload: Vec<u8>, csum: bool) -> Unit {
+    let mut body = [0u8; LnetHdrLayout::BODY_LEN];
+    body[..8].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+    body[LnetHdrLayout::PUT_MATCH_BITS..][..8].copy_from_slice(&bits.to_le_bytes());
+    body[LnetHdrLayout::PUT_PTL_INDEX..][..4].copy_from_slice(&portal.to_le_bytes());
+    client_msg(LnetType::Put, body, payload, csum)
+}
+
+/// The client's discovery push, naming it by its own NID, with DISCOVERY.
+fn push(csum: bool) -> Unit {
+    put(
+        ping::PORTAL,
+        ping::MATCH_BITS,
+        ping_info(FEATURES, &[nid(CLIENT_NID)]),
+        csum,
+    )
+}
+
+/// The client's ping, as in the capture: a GET on portal 0 with the ping match bits and a
+/// 3,960-byte sink (return MD, match bits, portal, source offset, sink length).
+fn ping_get() -> Unit {
+    let mut body = [0u8; LnetHdrLayout::BODY_LEN];
+    body[..8].copy_from_slice(&0x18eb_1e4a_4ee9_196fu64.to_le_bytes());
+    body[16..24].copy_from_slice(&ping::MATCH_BITS.to_le_bytes());
+    body[32..36].copy_from_slice(&3960u32.to_le_bytes());
+    client_msg(LnetType::Get, body, vec![], false)
+}
+
+/// What the client sends on a connection it opened in `proto`: its acceptor request, its
+/// HELLO, then `units`.
+fn client_stream(proto: Proto, units: Vec<Unit>) -> StreamSpec {
+    StreamSpec {
+        connreq: Some(Connreq {
+            nid: nid(SERVER_NID),
+            version: 1,
+        }),
+        endian: Endian::Little,
+        hello: Hello {
+            proto,
+            src_nid: nid(CLIENT_NID),
+            dst_nid: nid(SERVER_NID),
+            src_pid: wire::PID_LUSTRE,
+            dst_pid: wire::PID_LUSTRE,
+            src_incarnation: 0x18eb_1e4a,
+            dst_incarnation: 0,
+            ctype: 1,
+            nips: 0,
+        },
+        units,
+    }
+}
+
+fn encode(proto: Proto, unit: &Unit) -> Vec<u8> {
+    lnat_testkit::encode_unit(proto, Endian::Little, unit)
+}
+
+/// The server's HELLO in `proto`, naming the client `dst_nid`.
+fn server_hello(proto: Proto, dst_nid: Nid) -> Vec<u8> {
+    let h = Hello {
+        proto,
+        src_nid: nid(SERVER_NID),
+        dst_nid,
+        src_pid: wire::PID_LUSTRE,
+        dst_pid: wire::PID_LUSTRE,
+        src_incarnation: 0x1718_418d,
+        dst_incarnation: 0x18eb_1e4a,
+        ctype: 1,
+        nips: 0,
+    };
+    let mut b = vec![0u8; h.wire_len()];
+    h.encode(Endian::Little, &mut b);
+    b
+}
+
+impl Datapath {
+    /// Opens a connection from the client's `port` to the server's 988 in `proto`, both ways
+    /// and in that order: the client's SYN (egress), the server's SYN-ACK and its HELLO naming
+    /// the client `named` (ingress, which makes that the connection's external NID), the
+    /// client's acceptor request and HELLO (egress, untouched). Returns the sequence number of
+    /// the client's next byte.
+    fn connect(&mut self, port: u16, proto: Proto, named: Nid) -> u32 {
+        // The sequence numbers wrap at stream offset `port % 199`: in the push (72..216) on
+        // many connections.
+        let isn = 0u32.wrapping_sub(u32::from(port) % 199);
+        let syn = Build {
+            flags: SYN,
+            ..out_seg(port, isn.wrapping_sub(1), &[])
+        }
+        .frame();
+        assert_eq!(self.run_egress(&syn), (PASS, syn), "port {port}: the SYN");
+        let server_isn = 7000 + u32::from(port);
+        self.open(port, server_isn);
+        let frame = seg(port, server_isn, &server_hello(proto, named)).frame();
+        let (ret, out) = self.run(&frame);
+        let want = server_hello(proto, nid(CLIENT_NID));
+        assert_frame(&frame, ret, &out, &want, "the server's HELLO");
+        let spec = client_stream(proto, vec![]);
+        let stream = spec.bytes();
+        let req = spec.connreq.map_or(0, |r| r.wire_len());
+        let mut seq = isn;
+        for part in [&stream[..req], &stream[req..]] {
+            let frame = out_seg(port, seq, part).frame();
+            assert_eq!(
+                self.run_egress(&frame),
+                (PASS, frame.clone()),
+                "port {port}: the client's {} bytes at {seq}",
+                part.len()
+            );
+            seq = seq.wrapping_add(part.len() as u32);
+        }
+        seq
+    }
+
+    /// Sends the client's push at `seq` on `port` in one segment and checks that it leaves
+    /// rewritten, its checksums kept; returns the frame, as sent and as it left.
+    fn send_push(&mut self, port: u16, seq: u32, proto: Proto, csum: bool) -> (Vec<u8>, Vec<u8>) {
+        let msg = encode(proto, &push(csum));
+        let frame = out_seg(port, seq, &msg).frame();
+        let (ret, out) = self.run_egress(&frame);
+        let what = format!("{:?} {proto:?} push on port {port}", self.csum);
+        let t = Tcp4::parse(&frame).expect("parses");
+        assert_eq!(out.len(), frame.len(), "{what}: length");
+        let want = rewritten_push(&msg, t.payload(&out));
+        assert_frame(&frame, ret, &out, &want, &what);
+        assert_socklnd_csum(proto, csum, &want, &what);
+        (frame, out)
+    }
+}
+
+/// A V3 discovery push from 198.51.100.2@tcp to 203.0.113.10@tcp, little-endian, without a
+/// checksum: ksock header, LNet header, ping information (docs/discovery.md section 4).
+fn push_hex() -> Vec<u8> {
+    hex(
+        "c1 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 \
+         0a 71 00 cb 00 00 02 00 02 64 33 c6 00 00 02 00 39 30 00 00 39 30 00 00 \
+         01 00 00 00 30 00 00 00 \
+         88 77 66 55 44 33 22 11 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 80 \
+         00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 \
+         67 6e 69 70 1a 00 00 00 39 30 00 00 02 00 00 00 \
+         00 00 00 00 00 00 09 00 de c0 aa 15 00 00 00 00 \
+         02 64 33 c6 00 00 02 00 de c0 aa 15 00 00 00 00",
+    )
+}
+
+/// The push `msg` (laid out as [`push_hex`]) as the server must get it: DISCOVERY cleared
+/// (`1a` becomes `0a`) and entry 1's address 203.0.113.1 for 198.51.100.2. With a checksum,
+/// entry 1's `ns_msg_size` is taken from `got`: [`assert_socklnd_csum`] then holds it to the one
+/// value that makes the checksum right.
+fn rewritten_push(msg: &[u8], got: &[u8]) -> Vec<u8> {
+    let mut want = msg.to_vec();
+    assert_eq!(want[FEATURES_AT], 0x1a, "push layout");
+    want[FEATURES_AT] = 0x0a;
+    assert_eq!(
+        want[ADDR_AT..ADDR_AT + 4],
+        hex("02 64 33 c6")[..],
+        "push layout"
+    );
+    want[ADDR_AT..ADDR_AT + 4].copy_from_slice(&hex("01 71 00 cb"));
+    if msg[4..8] != [0; 4] {
+        want[COMP_AT..COMP_AT + 4].copy_from_slice(&got[COMP_AT..COMP_AT + 4]);
+    }
+    want
+}
+
+/// Checks the socklnd checksum of the push `msg` as the server's kernel does; a message without
+/// one must still have none.
+fn assert_socklnd_csum(proto: Proto, csum: bool, msg: &[u8], what: &str) {
+    let mut stream = client_stream(proto, vec![]).bytes();
+    stream.extend_from_slice(msg);
+    let spec = client_stream(proto, vec![push(csum)]);
+    assert_eq!(
+        lnat_testkit::check_csums(&stream, &spec),
+        Ok(usize::from(csum)),
+        "{what}: socklnd checksum"
+    );
+}
+
+#[test]
+fn a_push_names_the_client_by_its_external_nid_without_discovery() {
+    // The encoder agrees with the bytes written out by hand, and with their rewrite as a push
+    // listing the NAT's address without DISCOVERY, so that neither can hide a mistake of the
+    // program's.
+    let msg = push_hex();
+    assert_eq!(encode(Proto::V3, &push(false)), msg, "the encoder's push");
+    let info = ping_info(FEATURES & !ping::feat::DISCOVERY, &[nid(EXTERNAL_NID)]);
+    let external = put(ping::PORTAL, ping::MATCH_BITS, info, false);
+    assert_eq!(
+        encode(Proto::V3, &external),
+        rewritten_push(&msg, &msg),
+        "the encoder's push naming 203.0.113.1@tcp"
+    );
+    for (proto, csum) in PUSHES {
+        // V2 and V3 messages differ only in the checksum.
+        let m = encode(proto, &push(csum));
+        assert_eq!(m[8..], msg[8..], "{proto:?}");
+        assert_eq!(m[4..8] != [0; 4], csum, "{proto:?}: checksum");
+        each_csum(|c| {
+            let mut dp = Datapath::new(true, c);
+            let seq = dp.connect(1023, proto, nid(EXTERNAL_NID));
+            let (frame, out) = dp.send_push(1023, seq, proto, csum);
+            let got = Tcp4::parse(&frame).unwrap().payload(&out);
+            if csum {
+                assert_ne!(got[COMP_AT..COMP_AT + 4], m[COMP_AT..COMP_AT + 4]);
+            }
+            let n = dp.counters();
+            let what = format!("{c:?} {proto:?}: {n:?}");
+            assert_eq!((n.own_nids, n.undiscovered), (1, 1), "{what}");
+            assert_eq!(n.compensated, u64::from(csum), "{what}");
+            // The acceptor request, the HELLO and the push.
+            assert_eq!((n.out_segments, n.out_flows_opened), (3, 1), "{what}");
+            assert_eq!((n.out_desynced, n.out_dropped), (0, 0), "{what}");
+            // The ingress side: the connection, its HELLO's dst_nid, the external NID learned.
+            assert_eq!(
+                (n.flows_opened, n.rewritten, n.learned),
+                (1, 1, 1),
+                "{what}"
+            );
+        });
+    }
+}
+
+#[test]
+fn a_push_split_at_every_byte_is_rewritten_as_whole() {
+    for (proto, csum) in PUSHES {
+        let msg = encode(proto, &push(csum));
+        each_csum(|c| {
+            let mut dp = Datapath::new(true, c);
+            let seq = dp.connect(1023, proto, nid(EXTERNAL_NID));
+            let (frame, out) = dp.send_push(1023, seq, proto, csum);
+            let whole = Tcp4::parse(&frame).unwrap().payload(&out).to_vec();
+            for cut in 1..msg.len() {
+                let port = 2000 + cut as u16;
+                let seq = dp.connect(port, proto, nid(EXTERNAL_NID));
+                for (from, to) in [(0, cut), (cut, msg.len())] {
+                    let at = seq.wrapping_add(from as u32);
+                    let frame = out_seg(port, at, &msg[from..to]).frame();
+                    let (ret, out) = dp.run_egress(&frame);
+                    let what = format!("{c:?} {proto:?} cut {cut} part {from}..{to}");
+                    assert_frame(&frame, ret, &out, &whole[from..to], &what);
+                }
+            }
+            let n = dp.counters();
+            let pushes = msg.len() as u64;
+            let what = format!("{c:?} {proto:?}: {n:?}");
+            assert_eq!((n.own_nids, n.undiscovered), (pushes, pushes), "{what}");
+            assert_eq!(n.out_flows_opened, pushes, "{what}");
+            assert_eq!((n.out_desynced, n.out_dropped), (0, 0), "{what}");
+        });
+    }
+}
+
+/// A copy of the push sent again, before or after the client's FIN, comes out as its first
+/// copy did, from the history.
+#[test]
+fn a_retransmitted_push_comes_out_as_its_first_copy() {
+    for (proto, csum) in PUSHES {
+        each_csum(|c| {
+            let mut dp = Datapath::new(true, c);
+            let seq = dp.connect(1023, proto, nid(EXTERNAL_NID));
+            let (frame, out) = dp.send_push(1023, seq, proto, csum);
+            let first = (PASS, out);
+            let what = format!("{c:?} {proto:?}");
+            assert_eq!(dp.run_egress(&frame), first, "{what}: again");
+            let end = seq.wrapping_add(Tcp4::parse(&frame).unwrap().payload_len as u32);
+            let fin = Build {
+                flags: ACK | FIN,
+                ..out_seg(1023, end, &[])
+            }
+            .frame();
+            assert_eq!(dp.run_egress(&fin), (PASS, fin.clone()), "{what}: FIN");
+            assert_eq!(dp.run_egress(&frame), first, "{what}: after the FIN");
+            let n = dp.counters();
+            let what = format!("{what}: {n:?}");
+            // Counted once, when first rewritten; three copies of it went through.
+            assert_eq!((n.own_nids, n.undiscovered), (1, 1), "{what}");
+            assert_eq!(n.out_segments, 2 + 3, "{what}");
+            assert_eq!((n.out_desynced, n.out_dropped), (0, 0), "{what}");
+        });
+    }
+}
+
+/// What the client sends that is not a push to rewrite passes byte for byte.
+#[test]
+fn egress_frames_without_a_push_to_rewrite_pass_untouched() {
+    let info = ping_info(FEATURES, &[nid(CLIENT_NID)]);
+    each_csum(|c| {
+        let mut dp = Datapath::new(true, c);
+        let mut frames: Vec<(&str, Vec<u8>)> = Vec::new();
+        // On a NATed connection: a PUT on another portal carrying ping information, the ping.
+        let mut seq = dp.connect(1023, Proto::V3, nid(EXTERNAL_NID));
+        for (what, unit) in [
+            (
+                "PUT on portal 4",
+                put(4, ping::MATCH_BITS, info.clone(), false),
+            ),
+            ("ping GET", ping_get()),
+        ] {
+            let msg = encode(Proto::V3, &unit);
+            frames.push((what, out_seg(1023, seq, &msg).frame()));
+            seq = seq.wrapping_add(msg.len() as u32);
+        }
+        let push = encode(Proto::V3, &push(false));
+        let mut udp = out_seg(1023, seq, &push).frame();
+        udp[14 + 9] = 17;
+        frames.push(("UDP", udp));
+        let mut icmp = out_seg(1023, seq, &push).frame();
+        icmp[14 + 9] = 1;
+        frames.push(("ICMP", icmp));
+        // The server names the client by its own NID: no NAT, nothing to rewrite.
+        let seq = dp.connect(1022, Proto::V3, nid(CLIENT_NID));
+        frames.push(("push without NAT", out_seg(1022, seq, &push).frame()));
+        // A connection to a port lnat does not follow.
+        let other = |seq: u32, flags: u8, payload| {
+            Build {
+                dst: (SERVER, 989),
+                flags,
+                ..out_seg(1021, seq, payload)
+            }
+            .frame()
+        };
+        let stream = client_stream(Proto::V3, vec![]).bytes();
+        frames.push(("SYN to port 989", other(99, SYN, &[])));
+        frames.push(("HELLO to port 989", other(100, ACK | PSH, &stream)));
+        let after = 100 + stream.len() as u32;
+        frames.push(("push to port 989", other(after, ACK | PSH, &push)));
+        for (what, f) in &frames {
+            assert_eq!(dp.run_egress(f), (PASS, f.clone()), "{c:?} {what}");
+        }
+        let n = dp.counters();
+        let what = format!("{c:?}: {n:?}");
+        assert_eq!(
+            (n.own_nids, n.undiscovered, n.compensated),
+            (0, 0, 0),
+            "{what}"
+        );
+        // Two connections on port 988: the requests, HELLOs, the PUT, the GET and the push.
+        assert_eq!((n.out_flows_opened, n.out_segments), (2, 7), "{what}");
+        assert_eq!((n.out_desynced, n.out_dropped), (0, 0), "{what}");
+    });
+}
+
+/// The real capture, an `lnetctl ping` through the NAT: with the server's frames through the
+/// ingress program, which learns the NAT's NID on each connection, every frame the client sent
+/// passes the egress program byte for byte. It has no push.
+#[test]
+fn the_clients_frames_of_the_capture_pass_untouched() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("captures/nat_acceptall_client.pcap");
+    let capture = frames::read_pcap(&path).expect("capture");
+    let client = [192, 168, 50, 2];
+    each_csum(|csum| {
+        let mut dp = Datapath::new(true, csum);
+        let mut sent = 0;
+        for frame in &capture {
+            let t = Tcp4::parse(frame).expect("TCP");
+            if t.sport == 988 && t.dst == client {
+                assert_eq!(dp.run(frame).0, PASS, "{csum:?} server seq {}", t.seq);
+                continue;
+            }
+            assert!(t.dport == 988 && t.src == client, "{t:?}");
+            let what = format!("{csum:?} client port {} seq {}", t.sport, t.seq);
+            assert_eq!(dp.run_egress(frame), (PASS, frame.clone()), "{what}");
+            sent += usize::from(t.payload_len > 0);
+        }
+        assert_eq!(sent, 24);
+        // Each connection's ingress had the NAT's NID for the egress program to use.
+        let flows = dp.maps.flows().expect("flows");
+        let hints: Vec<Nid> = flows.iter().map(|(_, f)| Nid(f.tracker.hint)).collect();
+        assert_eq!(hints, [nid("10.88.0.254@tcp"); 3], "{csum:?}");
+        let n = dp.counters();
+        let what = format!("{csum:?}: {n:?}");
+        assert_eq!(n.rewritten, 5, "{what}");
+        // Four handshakes: ports 1023, 1022, 1023 again and 1021.
+        assert_eq!((n.out_flows_opened, n.out_segments), (4, 24), "{what}");
+        assert_eq!((n.own_nids, n.undiscovered), (0, 0), "{what}");
+        assert_eq!((n.out_desynced, n.out_dropped), (0, 0), "{what}");
     });
 }
