@@ -33,8 +33,9 @@ pub trait Packet {
     /// adapter that must make a packet writable before a write (the kernel copies a GRO
     /// packet's data into one buffer up to the written offset) can do it once for all.
     fn patch(&mut self, clip: &Clip, reach: u32) -> bool;
-    /// The receiving socket's next expected sequence number (`rcv_nxt`), if known: asked only
-    /// when the segment could bring the history to forget a run. Runs wholly before it make
+    /// The first sequence number the receiver still lacks, if known (the client socket's
+    /// `rcv_nxt` for what it receives, its `snd_una` for what it sends): asked only when the
+    /// segment could bring the history to forget a run. Runs wholly before it make
     /// way without loss ([`crate::history::History::receive`]); a segment whose next window
     /// could only push out one the client still lacks is held back ([`Outcome::Held`]).
     fn received(&mut self) -> Option<u32> {

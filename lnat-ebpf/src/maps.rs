@@ -37,7 +37,7 @@ pub static LNAT_COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
 /// Learned mappings, reported to `lnat attach`.
 #[btf_map]
-pub static LNAT_EVENTS: RingBuf<LearnEvent, { 16 * 4096 }> = RingBuf::new();
+pub static LNAT_EVENTS: RingBuf<LearnEvent, { 8 * 4096 }> = RingBuf::new();
 
 /// Where a new flow entry is built: it is too large for the stack.
 #[btf_map]

@@ -123,6 +123,10 @@ pub struct Running {
     pub egress: Option<Program>,
 }
 
+/// The ring aya-log's datapath side writes to, and the bytes lnat gives it.
+const LOG_RING: &str = "AYA_LOGS";
+const LOG_RING_BYTES: u32 = 32 * 1024;
+
 /// Loads the object with the flow table sized to `max_flows`; the program is not yet verified.
 ///
 /// The kernel is asked first for what the datapath needs beyond what any BPF kernel has, so
@@ -131,6 +135,9 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
     check_kernel()?;
     raise_memlock_limit()?;
     EbpfLoader::new()
+        // aya-log's ring, 128 KiB by default: the datapath logs only what it learns and the
+        // streams it gives up, and 32 KiB keeps all the maps within 16 MiB.
+        .map_max_entries(LOG_RING, LOG_RING_BYTES)
         .map_max_entries(names::FLOWS, max_flows)
         .map_max_entries(names::QUIET, max_flows)
         .map_max_entries(names::OUT_FLOWS, max_flows)

@@ -229,6 +229,19 @@ impl<'h> Lnat<'h> {
         proc.wait(Duration::from_secs(10)).map(|_| ())
     }
 
+    /// The kernel's id of the egress program, from the "attached" line (`None` with
+    /// `--ingress-only`).
+    pub fn egress_program_id(&self) -> Option<u32> {
+        self.lines().iter().find_map(|l| {
+            l.split("its egress (program ")
+                .nth(1)?
+                .split(')')
+                .next()?
+                .parse()
+                .ok()
+        })
+    }
+
     /// The kernel's id of the attached program, from the "attached" line.
     pub fn program_id(&self) -> Option<u32> {
         self.lines()

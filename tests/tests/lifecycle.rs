@@ -55,11 +55,7 @@ fn clsact_mode_works_and_leaves_no_filter() {
 /// their verifier costs, in JSON and in text.
 fn assert_status_finds_the_program(host: &Host, lnat: &Lnat<'_>, mode: &str) {
     let program = lnat.program_id().expect("program id");
-    let egress = lnat.lines()[0]
-        .split("its egress (program ")
-        .nth(1)
-        .and_then(|s| s.split(')').next()?.parse::<u64>().ok())
-        .expect("the egress program's id");
+    let egress = lnat.egress_program_id().expect("the egress program's id");
     let status = lnat.status().expect("status");
     assert_eq!(status["program_id"], program, "{status}");
     assert_eq!(status["mode"], mode, "{status}");

@@ -89,14 +89,17 @@ pub struct MapMemory {
     pub bytes: u64,
 }
 
-/// Every map program `id` uses, with the memory the kernel charges for each.
-pub fn map_memory(id: u32) -> anyhow::Result<Vec<MapMemory>> {
-    let prog = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
-    let Some(ids) = prog["map_ids"].as_array() else {
-        bail!("bpftool shows no maps for program {id}");
-    };
-    ids.iter()
-        .filter_map(serde_json::Value::as_u64)
+/// Every map the programs `ids` use, each once, with the memory the kernel charges for it.
+pub fn map_memory(ids: &[u32]) -> anyhow::Result<Vec<MapMemory>> {
+    let mut maps = std::collections::BTreeSet::new();
+    for id in ids {
+        let prog = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
+        let Some(used) = prog["map_ids"].as_array() else {
+            bail!("bpftool shows no maps for program {id}");
+        };
+        maps.extend(used.iter().filter_map(serde_json::Value::as_u64));
+    }
+    maps.into_iter()
         .map(|m| {
             let v = bpftool_json(&["map", "show", "id", &m.to_string()])?;
             Ok(MapMemory {

@@ -99,10 +99,12 @@ pub fn run(opts: &Opts, stop: &dyn Fn() -> bool) -> anyhow::Result<Outcome> {
             let config = Config::ALL[(round + i) % Config::ALL.len()];
             let active = Active::start(config, &host)
                 .with_context(|| format!("setting up {}", config.name()))?;
-            if let (Config::Lnat, Some(id), true) =
-                (config, active.program_id(), out.maps.is_empty())
-            {
-                out.maps = kernel::map_memory(id)?;
+            if let (Config::Lnat, Some(lnat), true) = (config, active.lnat(), out.maps.is_empty()) {
+                let ids: Vec<u32> = [lnat.program_id(), lnat.egress_program_id()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                out.maps = kernel::map_memory(&ids)?;
             }
             if let Some(id) = active.program_id()
                 && matches!(config, Config::Empty | Config::Lnat)
