@@ -18,6 +18,9 @@ const EXTERNAL: &str = "203.0.113.1@tcp";
 const SERVER: &str = "203.0.113.10@tcp";
 const ISN: u32 = 1000;
 
+/// The ping target's sequence number in the ping information built here (entry 0's status).
+const SEQNO: u32 = 7;
+
 fn nid(s: &str) -> Nid {
     s.parse().expect("nid")
 }
@@ -29,26 +32,6 @@ fn local() -> u32 {
 /// What the server runs with discovery off: `NI_STATUS|RTE_DISABLED|MULTI_RAIL`, no DISCOVERY
 /// (`api-ni.c:1909-1910`, `:2243-2246`).
 const FEATURES: u32 = ping::feat::NI_STATUS | ping::feat::RTE_DISABLED | ping::feat::MULTI_RAIL;
-
-/// Ping information listing `nids` after `0@lo`, in `endian`, as `lnet_ping_target_create`
-/// builds it (`api-ni.c:1909-1925`).
-fn ping_info(endian: Endian, features: u32, nids: &[Nid]) -> Vec<u8> {
-    let mut b = vec![0u8; ping::HEAD_LEN + ping::NI_LEN * (1 + nids.len())];
-    endian.put_u32(&mut b, ping::MAGIC_AT, ping::MAGIC);
-    endian.put_u32(&mut b, ping::FEATURES, features);
-    endian.put_u32(&mut b, ping::PID, wire::PID_LUSTRE);
-    endian.put_u32(&mut b, ping::NNIS, 1 + nids.len() as u32);
-    for (i, n) in [ping::LO].iter().chain(nids).enumerate() {
-        let at = ping::HEAD_LEN + i * ping::NI_LEN;
-        endian.put_u64(&mut b, at, n.0);
-        endian.put_u32(
-            &mut b,
-            at + ping::NI_STATUS_AT,
-            if i == 0 { 7 } else { ping::STATUS_UP },
-        );
-    }
-    b
-}
 
 /// An LNet message of `msg_type` from the server to the client, addressed as the server knows
 /// it: by its external NID and NAT port.
@@ -137,9 +120,9 @@ fn mixed_units(endian: Endian, csum: bool, cut_free: bool) -> Vec<(Unit, Expect)
     use Expect::*;
     let server = [nid(SERVER)];
     let two = [nid(SERVER), nid("10.9.8.7@tcp1")];
-    let good = ping_info(endian, FEATURES, &server);
+    let good = lnat_testkit::ping_info(endian, FEATURES, SEQNO, &server);
     let reply = |p: Vec<u8>| msg(LnetType::Reply, p, csum);
-    let with = |features| ping_info(endian, features, &server);
+    let with = |features| lnat_testkit::ping_info(endian, features, SEQNO, &server);
     let mut bad_magic = good.clone();
     bad_magic[1] ^= 0x20;
     // A bulk REPLY that starts like ping information but is longer than its entries.
@@ -153,7 +136,15 @@ fn mixed_units(endian: Endian, csum: bool, cut_free: bool) -> Vec<(Unit, Expect)
         // Bulk data the length of a two-entry reply.
         (reply((0..48u8).map(|i| i.wrapping_mul(71)).collect()), Keep),
         // Three entries, in the other byte order from the connection's.
-        (reply(ping_info(other(endian), FEATURES, &two)), Set),
+        (
+            reply(lnat_testkit::ping_info(
+                other(endian),
+                FEATURES,
+                SEQNO,
+                &two,
+            )),
+            Set,
+        ),
         // Ping information in a PUT (the server's push, were its discovery on).
         (msg(LnetType::Put, good.clone(), csum), Keep),
         (reply(with(FEATURES | ping::feat::LARGE_ADDR)), Keep),
@@ -162,16 +153,19 @@ fn mixed_units(endian: Endian, csum: bool, cut_free: bool) -> Vec<(Unit, Expect)
         (reply(bad_magic), Keep),
         (reply(long), Keep),
         (msg(LnetType::Ack, vec![], csum), Keep),
-        (reply(ping_info(endian, FEATURES, &two)), Set),
+        (
+            reply(lnat_testkit::ping_info(endian, FEATURES, SEQNO, &two)),
+            Set,
+        ),
         (msg(LnetType::Get, vec![], csum), Keep),
     ];
     if !cut_free {
         let mut no_nis = good.clone();
         endian.put_u32(&mut no_nis, ping::NNIS, 0);
-        let mut not_lo = ping_info(endian, FEATURES, &[ping::LO]);
+        let mut not_lo = lnat_testkit::ping_info(endian, FEATURES, SEQNO, &[ping::LO]);
         endian.put_u64(&mut not_lo, ping::HEAD_LEN, nid(SERVER).0);
         // Three entries' worth announced, two sent: a truncated reply.
-        let mut truncated = ping_info(endian, FEATURES, &two);
+        let mut truncated = lnat_testkit::ping_info(endian, FEATURES, SEQNO, &two);
         truncated.truncate(ping::HEAD_LEN + 2 * ping::NI_LEN);
         // Two entries announced, a third's worth of bytes more: not exactly the entries.
         let mut longer = good.clone();
@@ -185,25 +179,6 @@ fn mixed_units(endian: Endian, csum: bool, cut_free: bool) -> Vec<(Unit, Expect)
         ]);
     }
     units
-}
-
-/// Where each unit of `spec` starts in its bytes.
-fn unit_starts(spec: &StreamSpec) -> Vec<usize> {
-    let proto = spec.hello.proto;
-    let mut at = spec.connreq.map_or(0, |r| r.wire_len()) + spec.hello.wire_len();
-    spec.units
-        .iter()
-        .map(|u| {
-            let start = at;
-            at += match u {
-                Unit::Lnet { payload, .. } => {
-                    proto.ksock_len() + proto.lnet_hdr().len + payload.len()
-                }
-                u => lnat_testkit::encode_unit(proto, spec.endian, u).len(),
-            };
-            start
-        })
-        .collect()
 }
 
 /// Where the payload of the unit starting at `start` begins.
@@ -235,7 +210,7 @@ fn expected(
     let mut out = reference.to_vec();
     let mut may_differ = Vec::new();
     let mut set = 0;
-    for (u, &start) in unit_starts(spec).iter().enumerate() {
+    for (u, &start) in spec.unit_starts().iter().enumerate() {
         let Unit::Lnet { payload, csum, .. } = &spec.units[u] else {
             continue;
         };
@@ -319,7 +294,7 @@ fn assert_received_sorted(got: &[u8], want: &[u8], may_differ: &[usize], what: &
 fn assert_dest_nids(got: &[u8], spec: &StreamSpec, what: &str) {
     let proto = spec.hello.proto;
     let form = proto.lnet_form();
-    for (u, start) in unit_starts(spec).into_iter().enumerate() {
+    for (u, start) in spec.unit_starts().into_iter().enumerate() {
         if let Unit::Lnet { .. } = spec.units[u] {
             let at = start + proto.ksock_len() + proto.lnet_hdr().dest_nid;
             let dest = form.decode(&got[at..at + form.size()]);
@@ -399,7 +374,7 @@ fn malformed_ping_replies_pass_unchanged_when_seen_whole() {
         let refd = reference(&stream);
         let mut env = env();
         let (got, _) = receive(&stream, &[], &mut env);
-        let starts = unit_starts(&spec);
+        let starts = spec.unit_starts();
         for (u, &start) in starts.iter().enumerate() {
             let unit = lnat_testkit::encode_unit(proto, endian, &spec.units[u]);
             assert_eq!(
@@ -469,7 +444,7 @@ fn every_copy_of_a_ping_reply_is_rewritten_alike_through_a_bad_network() {
         let refd = reference(&stream);
         // Where segments end is the network's choice: take the flawed replies either way.
         let (mut want, mut may_differ, set) = expected(&spec, &expect, &refd, &[]);
-        let starts = unit_starts(&spec);
+        let starts = spec.unit_starts();
         let mut flawed = 0;
         for (u, e) in expect.iter().enumerate() {
             if let (Expect::SetIfDecidedBefore(_), Unit::Lnet { payload, .. }) = (e, &spec.units[u])
@@ -481,14 +456,7 @@ fn every_copy_of_a_ping_reply_is_rewritten_alike_through_a_bad_network() {
                 flawed += 1;
             }
         }
-        let w = Weather {
-            max_seg: 1 + rng.below(400) as usize,
-            loss: rng.below(8),
-            drop_after: rng.below(10),
-            dup: rng.below(15),
-            coalesce: rng.below(50),
-            recovery: 5 + rng.below(20),
-        };
+        let w = Weather::random(&mut rng);
         let rx = Receiver {
             role: Role::Active,
             local: local(),

@@ -15,32 +15,15 @@ const CLIENT: &str = "198.51.100.2@tcp";
 const EXTERNAL: &str = "203.0.113.1@tcp";
 const SERVER: &str = "203.0.113.10@tcp";
 
+/// The ping target's sequence number in the ping information built here (entry 0's status).
+const SEQNO: u32 = 7;
+
 fn nid(s: &str) -> Nid {
     s.parse().expect("nid")
 }
 
 fn local() -> u32 {
     nid(CLIENT).addr()
-}
-
-/// Ping information listing `nids` after `0@lo`, in `endian`, as `lnet_ping_target_create`
-/// builds it (`api-ni.c:1909-1925`).
-fn ping_info(endian: Endian, features: u32, nids: &[Nid]) -> Vec<u8> {
-    let mut b = vec![0u8; ping::HEAD_LEN + ping::NI_LEN * (1 + nids.len())];
-    endian.put_u32(&mut b, ping::MAGIC_AT, ping::MAGIC);
-    endian.put_u32(&mut b, ping::FEATURES, features);
-    endian.put_u32(&mut b, ping::PID, wire::PID_LUSTRE);
-    endian.put_u32(&mut b, ping::NNIS, 1 + nids.len() as u32);
-    for (i, n) in [ping::LO].iter().chain(nids).enumerate() {
-        let at = ping::HEAD_LEN + i * ping::NI_LEN;
-        endian.put_u64(&mut b, at, n.0);
-        endian.put_u32(
-            &mut b,
-            at + ping::NI_STATUS_AT,
-            if i == 0 { 7 } else { ping::STATUS_UP },
-        );
-    }
-    b
 }
 
 /// A PUT from the client to the server on `portal` with `bits`.
@@ -103,25 +86,12 @@ fn env() -> MapEnv {
     }
 }
 
-/// Where each unit of `spec` starts in its bytes.
-fn unit_starts(spec: &StreamSpec) -> Vec<usize> {
-    let mut at = spec.connreq.map_or(0, |r| r.wire_len()) + spec.hello.wire_len();
-    spec.units
-        .iter()
-        .map(|u| {
-            let start = at;
-            at += lnat_testkit::encode_unit(spec.hello.proto, spec.endian, u).len();
-            start
-        })
-        .collect()
-}
-
 /// The stream as it must leave: in each push at `pushes` (unit indices), `CLIENT` entries made
 /// `EXTERNAL` and DISCOVERY cleared. Checksum compensations are not predicted: `may_differ`
 /// lists the `ns_msg_size` words a checksummed push may change.
 fn expected(spec: &StreamSpec, pushes: &[usize]) -> (Vec<u8>, Vec<usize>) {
     let mut out = spec.bytes();
-    let starts = unit_starts(spec);
+    let starts = spec.unit_starts();
     let hdr = spec.hello.proto.ksock_len() + spec.hello.proto.lnet_hdr().len;
     let mut may_differ = Vec::new();
     for &u in pushes {
@@ -187,21 +157,34 @@ fn mixed_units(csum: bool, endian: Endian) -> (Vec<Unit>, Vec<usize>) {
         | ping::feat::DISCOVERY;
     let units = vec![
         put(4, 7, vec![0x5a; 100], csum),
-        push(ping_info(endian, features, &[nid(CLIENT)]), csum),
+        push(
+            lnat_testkit::ping_info(endian, features, SEQNO, &[nid(CLIENT)]),
+            csum,
+        ),
         Unit::Noop,
         put(
             12,
             1 << 40,
-            ping_info(endian, features, &[nid(CLIENT)]),
+            lnat_testkit::ping_info(endian, features, SEQNO, &[nid(CLIENT)]),
             csum,
         ),
         // Two NIs, ours second; and a push without DISCOVERY.
         push(
-            ping_info(endian, features, &[nid("10.9.8.7@tcp1"), nid(CLIENT)]),
+            lnat_testkit::ping_info(
+                endian,
+                features,
+                SEQNO,
+                &[nid("10.9.8.7@tcp1"), nid(CLIENT)],
+            ),
             csum,
         ),
         push(
-            ping_info(endian, features & !ping::feat::DISCOVERY, &[nid(CLIENT)]),
+            lnat_testkit::ping_info(
+                endian,
+                features & !ping::feat::DISCOVERY,
+                SEQNO,
+                &[nid(CLIENT)],
+            ),
             csum,
         ),
         put(4, 9, vec![], csum),
@@ -248,7 +231,7 @@ fn a_push_names_the_client_by_its_external_nid_and_drops_discovery_in_every_cut(
 #[test]
 fn without_an_external_nid_or_with_bad_ping_information_the_nids_stay() {
     let features = ping::feat::NI_STATUS | ping::feat::MULTI_RAIL | ping::feat::DISCOVERY;
-    let good = ping_info(Endian::Little, features, &[nid(CLIENT)]);
+    let good = lnat_testkit::ping_info(Endian::Little, features, SEQNO, &[nid(CLIENT)]);
     let mut bad_magic = good.clone();
     bad_magic[0] ^= 1;
     let mut no_status = good.clone();
@@ -276,7 +259,7 @@ fn without_an_external_nid_or_with_bad_ping_information_the_nids_stay() {
             vec![push(info, false), put(4, 1, vec![1, 2, 3], false)],
         );
         let stream = spec.bytes();
-        let features_at = unit_starts(&spec)[0] + 96 + ping::FEATURES;
+        let features_at = spec.unit_starts()[0] + 96 + ping::FEATURES;
         for cut in [None, Some(features_at + 1)] {
             let mut env = env.clone();
             let mut want = stream.clone();
@@ -319,14 +302,7 @@ fn every_copy_of_a_push_is_rewritten_alike_through_a_bad_network() {
         let spec = client_stream(proto, endian, units);
         let stream = spec.bytes();
         let (want, may_differ) = expected(&spec, &pushes);
-        let w = Weather {
-            max_seg: 1 + rng.below(400) as usize,
-            loss: rng.below(8),
-            drop_after: rng.below(10),
-            dup: rng.below(15),
-            coalesce: rng.below(50),
-            recovery: 5 + rng.below(20),
-        };
+        let w = Weather::random(&mut rng);
         let rx = Receiver {
             role: Role::Active,
             local: local(),

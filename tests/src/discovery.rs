@@ -552,7 +552,7 @@ mod tests {
         assert_eq!(node.summary().len(), 2);
     }
 
-    /// A push whose primary NID is the peer's own NID (what lnat's fix will make of it): the
+    /// A push whose primary NID is the peer's own NID (what lnat's egress program makes it): the
     /// data is merged, the peer stays, and only the push back remains to do.
     #[test]
     fn a_push_with_the_peers_own_nid_keeps_the_peer() {

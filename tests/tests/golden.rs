@@ -586,8 +586,6 @@ const EXTERNAL_NID: &str = "203.0.113.1@tcp";
 
 /// The features of a Multi-Rail client with discovery on.
 const FEATURES: u32 = ping::feat::NI_STATUS | ping::feat::MULTI_RAIL | ping::feat::DISCOVERY;
-/// `LNET_NI_STATUS_UP`.
-const NI_STATUS_UP: u32 = 0x15aa_c0de;
 
 // Message offsets of what a push's rewrite changes, counted by hand: the payload starts at 96,
 // after the 24-byte ksock header and the 72-byte LNet header.
@@ -616,20 +614,10 @@ fn out_seg(port: u16, seq: u32, payload: &[u8]) -> Build<'_> {
 }
 
 /// Ping information as a little-endian node builds it (`lnet_ping_target_create`): 0@lo, then
-/// `nids`, all up.
+/// `nids`. Entry 0's status, the ping target's sequence number, is `STATUS_UP` here, as the
+/// hex vectors have it.
 fn ping_info(features: u32, nids: &[Nid]) -> Vec<u8> {
-    let le = Endian::Little;
-    let mut b = vec![0u8; ping::HEAD_LEN + ping::NI_LEN * (1 + nids.len())];
-    le.put_u32(&mut b, ping::MAGIC_AT, ping::MAGIC);
-    le.put_u32(&mut b, ping::FEATURES, features);
-    le.put_u32(&mut b, 8, wire::PID_LUSTRE);
-    le.put_u32(&mut b, ping::NNIS, 1 + nids.len() as u32);
-    for (i, n) in [ping::LO].iter().chain(nids).enumerate() {
-        let at = ping::HEAD_LEN + i * ping::NI_LEN;
-        le.put_u64(&mut b, at, n.0);
-        le.put_u32(&mut b, at + 8, NI_STATUS_UP);
-    }
-    b
+    lnat_testkit::ping_info(Endian::Little, features, ping::STATUS_UP, nids)
 }
 
 /// An LNet message from the client to the server.

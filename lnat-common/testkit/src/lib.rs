@@ -15,6 +15,7 @@ use lnat_common::{
     crc,
     history::Clip,
     nid::Nid,
+    ping,
     quiet::Quiet,
     segment::{self, Packet},
     tracker::{Admit, Direction, Env, Note, Role, Tracker},
@@ -140,6 +141,37 @@ impl StreamSpec {
         }
         out
     }
+
+    /// Where each unit starts in [`StreamSpec::bytes`].
+    pub fn unit_starts(&self) -> Vec<usize> {
+        let mut at = self.connreq.map_or(0, |r| r.wire_len()) + self.hello.wire_len();
+        self.units
+            .iter()
+            .map(|u| {
+                let start = at;
+                at += encode_unit(self.hello.proto, self.endian, u).len();
+                start
+            })
+            .collect()
+    }
+}
+
+/// Ping information listing `nids` after `0@lo`, in `endian`, as `lnet_ping_target_create`
+/// builds it (`api-ni.c:1909-1925`): entry 0's status is the ping target's `seqno`, the
+/// others are up.
+pub fn ping_info(endian: Endian, features: u32, seqno: u32, nids: &[Nid]) -> Vec<u8> {
+    let mut b = vec![0u8; ping::HEAD_LEN + ping::NI_LEN * (1 + nids.len())];
+    endian.put_u32(&mut b, ping::MAGIC_AT, ping::MAGIC);
+    endian.put_u32(&mut b, ping::FEATURES, features);
+    endian.put_u32(&mut b, ping::PID, wire::PID_LUSTRE);
+    endian.put_u32(&mut b, ping::NNIS, 1 + nids.len() as u32);
+    for (i, n) in [ping::LO].iter().chain(nids).enumerate() {
+        let at = ping::HEAD_LEN + i * ping::NI_LEN;
+        endian.put_u64(&mut b, at, n.0);
+        let status = if i == 0 { seqno } else { ping::STATUS_UP };
+        endian.put_u32(&mut b, at + ping::NI_STATUS_AT, status);
+    }
+    b
 }
 
 /// Encodes one unit for `proto` as a kernel of byte order `endian` sends it: the ksock header
@@ -365,6 +397,21 @@ pub struct Weather {
     /// Chance each round that the sender resends from the first byte the receiver lacks
     /// (15 is a quick recovery; lower leaves holes open longer, with more sent past them).
     pub recovery: u64,
+}
+
+impl Weather {
+    /// A random bad network of segments up to 400 bytes (a few small messages each): loss,
+    /// drops after the datapath, duplication and coalesced resends in random measure.
+    pub fn random(rng: &mut Rng) -> Weather {
+        Weather {
+            max_seg: 1 + rng.below(400) as usize,
+            loss: rng.below(8),
+            drop_after: rng.below(10),
+            dup: rng.below(15),
+            coalesce: rng.below(50),
+            recovery: 5 + rng.below(20),
+        }
+    }
 }
 
 /// What a delivery produced.
