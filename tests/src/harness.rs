@@ -540,6 +540,9 @@ impl RpcRun {
         let (requests, callbacks) = (self.requests.to_string(), self.callbacks.to_string());
         let (conns, proto) = (self.clients.to_string(), self.proto.to_string());
         let timeout = self.timeout_secs.to_string();
+        // The server outwaits its clients, so that a client that times out saw its own
+        // timeout, never the server giving up first.
+        let hold = (self.timeout_secs + 10).to_string();
         let mut server_args = vec![
             "--nid",
             SERVER_NID,
@@ -558,7 +561,7 @@ impl RpcRun {
             "--conns",
             &conns,
             "--hold-secs",
-            &timeout,
+            &hold,
         ];
         if self.csum {
             server_args.push("--csum");
@@ -596,7 +599,7 @@ impl RpcRun {
                 spawn_client(t.client_n(i), &args)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let wait = Duration::from_secs(self.timeout_secs + 30);
+        let wait = Duration::from_secs(self.timeout_secs + 40);
         let clients = procs
             .into_iter()
             .map(|p| client_report(p, wait))
