@@ -3,10 +3,12 @@
 
 pub mod chart;
 pub mod config;
+pub mod headers;
 pub mod hook;
 pub mod kernel;
 pub mod packets;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod test_run;
 pub mod workload;

@@ -10,7 +10,7 @@ use std::{path::Path, process::Command};
 use anyhow::{Context as _, bail, ensure};
 use lnat_common::{
     nid::Nid,
-    wire::{Endian, Hello, KsockHdr, LNET_MTU, LnetType, MSG_LNET, Proto, ksock},
+    wire::{Endian, Hello, LNET_MTU, LnetType, Proto},
 };
 use serde::Serialize;
 
@@ -44,11 +44,11 @@ impl Kind {
 }
 
 /// TCP payload per data packet: a 1500-byte MTU's.
-const MSS: usize = 1448;
+pub(crate) const MSS: usize = 1448;
 /// The client's port on the measured connection.
 const CLIENT_PORT: u16 = 1023;
 /// The program's verdict for a packet it lets through (`TCX_NEXT`), as bpftool prints it.
-const PASS: u64 = u32::MAX as u64;
+pub(crate) const PASS: u64 = u32::MAX as u64;
 /// TCP flags.
 const ACK: u8 = 0x10;
 const PSH_ACK: u8 = 0x18;
@@ -77,6 +77,84 @@ fn frame(src: (&str, u16), dst: (&str, u16), seq: u32, flags: u8, payload: &[u8]
     f
 }
 
+/// One server-to-client connection through the NAT, from the server's SYN-ACK on, as the
+/// client's interface receives it: V3, little endian. The single-packet frames and the header
+/// walks ([`crate::bench::headers`]) each open their own, so none repeats another's stream.
+pub(crate) struct Conn {
+    client_port: u16,
+    isn: u32,
+    hello: Vec<u8>,
+}
+
+/// The server's NID and the NAT's, which the server sends to.
+fn nids() -> anyhow::Result<(Nid, Nid)> {
+    let nid = |s: &str| s.parse::<Nid>().map_err(|e| anyhow::anyhow!("{s}: {e:?}"));
+    Ok((nid(SERVER_NID)?, nid(NAT_NID)?))
+}
+
+/// A PUT from the server to the NAT's NID, match bits `index`, as the server sends it on a
+/// [`Conn`]: the socklnd and LNet headers, then `payload`.
+pub(crate) fn put(index: u64, payload: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    let (server_nid, nat_nid) = nids()?;
+    let len = u32::try_from(payload.len()).context("a PUT payload over 4 GiB")?;
+    let hdr = lnet::header(nat_nid, 12345, server_nid, 12345, LnetType::Put, index, len);
+    Ok(lnet::encode_lnet(
+        Proto::V3,
+        Endian::Little,
+        hdr,
+        payload,
+        false,
+    ))
+}
+
+impl Conn {
+    /// The connection on the client's port `client_port` whose server picked `isn`. A new
+    /// `isn` on a port makes a new connection for lnat (see `lnat_ebpf`'s `flows::open`).
+    pub(crate) fn new(client_port: u16, isn: u32) -> anyhow::Result<Conn> {
+        let (server_nid, nat_nid) = nids()?;
+        let hello = Hello {
+            proto: Proto::V3,
+            src_nid: server_nid,
+            dst_nid: nat_nid,
+            src_pid: 12345,
+            dst_pid: 12345,
+            src_incarnation: 1,
+            dst_incarnation: 0,
+            ctype: 0,
+            nips: 0,
+        };
+        let mut hello_bytes = vec![0u8; hello.wire_len()];
+        hello.encode(Endian::Little, &mut hello_bytes);
+        Ok(Conn {
+            client_port,
+            isn,
+            hello: hello_bytes,
+        })
+    }
+
+    fn frame(&self, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let (server, client) = ((SERVER, ACCEPTOR_PORT), (CLIENT, self.client_port));
+        frame(server, client, seq, flags, payload)
+    }
+
+    /// The server's SYN-ACK: lnat starts following.
+    pub(crate) fn syn_ack(&self) -> Vec<u8> {
+        self.frame(self.isn, SYN_ACK, &[])
+    }
+
+    /// The server's HELLO, naming the NAT's NID as the client's (lnat rewrites it), in one
+    /// segment.
+    pub(crate) fn hello(&self) -> Vec<u8> {
+        self.frame(self.isn.wrapping_add(1), PSH_ACK, &self.hello)
+    }
+
+    /// The segment carrying `payload` from byte `off` of the stream after the HELLO on.
+    pub(crate) fn segment(&self, off: usize, payload: &[u8]) -> Vec<u8> {
+        let seq = self.isn.wrapping_add(1) as usize + self.hello.len() + off;
+        self.frame(seq as u32, ACK, payload)
+    }
+}
+
 /// The frames of one server-to-client stream as the client's interface receives it.
 pub struct Frames {
     /// The server's SYN-ACK: lnat starts following.
@@ -94,58 +172,15 @@ pub struct Frames {
 impl Frames {
     /// The frames of a V3 little-endian stream from the server through the NAT.
     pub fn new() -> anyhow::Result<Frames> {
-        let nid = |s: &str| s.parse::<Nid>().map_err(|e| anyhow::anyhow!("{s}: {e:?}"));
-        let (server_nid, nat_nid) = (nid(SERVER_NID)?, nid(NAT_NID)?);
-        let (proto, endian) = (Proto::V3, Endian::Little);
-        let hello = Hello {
-            proto,
-            src_nid: server_nid,
-            dst_nid: nat_nid,
-            src_pid: 12345,
-            dst_pid: 12345,
-            src_incarnation: 1,
-            dst_incarnation: 0,
-            ctype: 0,
-            nips: 0,
-        };
-        let mut hello_bytes = vec![0u8; hello.wire_len()];
-        hello.encode(endian, &mut hello_bytes);
-        // Encoded by hand, not as a testkit unit: the header announces a 1 MiB payload of which
-        // only the first packet is ever built.
-        let hdr = lnet::header(
-            nat_nid,
-            12345,
-            server_nid,
-            12345,
-            LnetType::Put,
-            0,
-            LNET_MTU,
-        );
-        let mut put = vec![0u8; ksock::LEN + proto.lnet_hdr().len];
-        let n = KsockHdr {
-            msg_type: MSG_LNET,
-            ..KsockHdr::default()
-        }
-        .encode(endian, &mut put);
-        hdr.encode(proto, &mut put[n..]);
-        put.resize(MSS, 0);
-        let isn = 1_000_000u32;
-        let start = isn.wrapping_add(1);
-        let put_seq = start.wrapping_add(hello_bytes.len() as u32);
-        let server = (SERVER, ACCEPTOR_PORT);
-        let client = (CLIENT, CLIENT_PORT);
+        let conn = Conn::new(CLIENT_PORT, 1_000_000)?;
+        let put = put(0, vec![0x5a; LNET_MTU as usize])?;
+        let body = 16 * MSS;
         Ok(Frames {
-            syn_ack: frame(server, client, isn, SYN_ACK, &[]),
-            hello: frame(server, client, start, PSH_ACK, &hello_bytes),
-            put: frame(server, client, put_seq, ACK, &put),
-            body: frame(
-                server,
-                client,
-                put_seq.wrapping_add(16 * MSS as u32),
-                ACK,
-                &[0x5a; MSS],
-            ),
-            other: frame((SERVER, 22), client, 7, ACK, &[0x5a; MSS]),
+            syn_ack: conn.syn_ack(),
+            hello: conn.hello(),
+            put: conn.segment(0, &put[..MSS]),
+            body: conn.segment(body, &put[body..body + MSS]),
+            other: frame((SERVER, 22), (CLIENT, CLIENT_PORT), 7, ACK, &[0x5a; MSS]),
         })
     }
 
@@ -183,13 +218,18 @@ pub fn run(id: u32, frame: &[u8], repeat: u32, dir: &Path) -> anyhow::Result<(f6
         .as_u64()
         .context("bpftool prog run gave no retval")?;
     let (ns, runs) = kernel::run_stats(id)?.per_run_since(&before);
-    // A packet the interface received meanwhile (IPv6 neighbour discovery, say) runs it too.
-    let repeat = u64::from(repeat);
-    ensure!(
-        (repeat..=repeat + repeat / 100 + 10).contains(&runs),
-        "program {id} ran {runs} times, not {repeat}: is kernel.bpf_stats_enabled on?"
-    );
+    check_runs(id, runs, u64::from(repeat))?;
     Ok((ns, retval))
+}
+
+/// Checks that program `id` ran `runs` times for the `sent` runs asked of it: a packet the
+/// interface received meanwhile (IPv6 neighbour discovery, say) runs it too, a few more.
+pub(crate) fn check_runs(id: u32, runs: u64, sent: u64) -> anyhow::Result<()> {
+    ensure!(
+        (sent..=sent + sent / 100 + 10).contains(&runs),
+        "program {id} ran {runs} times, not {sent}: is kernel.bpf_stats_enabled on?"
+    );
+    Ok(())
 }
 
 /// Walks lnat (program `id`) through the stream up to the PUT's payload. `rewritten` reads its
@@ -225,7 +265,7 @@ pub fn check_pass(kind: Kind, verdict: u64) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use lnat_common::wire::LnetHdr;
+    use lnat_common::wire::{LnetHdr, ksock};
 
     use super::*;
 
