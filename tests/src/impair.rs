@@ -14,7 +14,7 @@ use lnat_testkit::Rng;
 use serde::{Deserialize, Serialize};
 
 /// What to do to frames going from `a` to `b`, in percent per frame.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Weather {
     /// Frames dropped.
     pub drop: u64,

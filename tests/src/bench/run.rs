@@ -7,11 +7,13 @@ use serde::Serialize;
 use crate::{
     bench::{
         config::{Active, Config},
+        headers::{self, HeaderCost},
         kernel::{self, MapMemory, StatsEnabled},
         packets::{self, Frames},
         workload::{self, Unit, Workload},
     },
     harness::Host,
+    impair::Weather,
     topology::{TopoOpts, Topology},
 };
 
@@ -70,6 +72,17 @@ pub struct PacketSample {
     pub ns_per_packet: f64,
 }
 
+/// What one header cost a program, in one round.
+#[derive(Serialize, Clone, Debug)]
+pub struct HeaderSample {
+    /// Which round it belongs to.
+    pub round: usize,
+    /// The program: the empty one or lnat.
+    pub config: Config,
+    /// The two walks and the cost per header from them.
+    pub cost: HeaderCost,
+}
+
 /// Everything one bench run measured.
 #[derive(Serialize, Clone, Debug, Default)]
 pub struct Outcome {
@@ -77,6 +90,8 @@ pub struct Outcome {
     pub samples: Vec<Sample>,
     /// Every single-packet measurement.
     pub packets: Vec<PacketSample>,
+    /// Every header-cost measurement.
+    pub headers: Vec<HeaderSample>,
     /// lnat's maps, as the kernel accounts them (default `--max-flows`).
     pub maps: Vec<MapMemory>,
     /// Most flows lnat's LRU table evicted in one round (0: none made room early).
@@ -125,29 +140,89 @@ pub fn run(opts: &Opts, stop: &dyn Fn() -> bool) -> anyhow::Result<Outcome> {
                     bail!("interrupted");
                 }
                 let s = measure(&t, &active, config, w, round)?;
-                eprintln!(
-                    "lnat-bench: round {}/{} {:>15} {:>16}: {:>12.2} {:?}{}",
-                    round + 1,
-                    opts.rounds,
-                    config.name(),
-                    w.name,
-                    s.rate,
-                    s.unit,
-                    s.ns_per_packet
-                        .map(|n| format!(", {n:.0} ns/packet"))
-                        .unwrap_or_default()
-                        + &s.lnat_drops
-                            .map(|n| format!(", {n} dropped by lnat"))
-                            .unwrap_or_default()
-                );
+                log(opts, &s);
                 out.samples.push(s);
             }
             if let Some(l) = active.lnat() {
                 out.evicted = out.evicted.max(l.counter("untracked")?);
             }
         }
+        if !opts.packets_only {
+            impaired_round(opts, round, stop, &mut out)?;
+        }
     }
     Ok(out)
+}
+
+/// One round of the impaired workloads: for each bad network, namespaces with an impairment
+/// bridge (its decisions seeded per round), and the workloads run with no program and with
+/// lnat in turn on the same bridge.
+fn impaired_round(
+    opts: &Opts,
+    round: usize,
+    stop: &dyn Fn() -> bool,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let all = workload::impaired(opts.quick);
+    for (name, weather, _) in workload::WEATHERS {
+        let chosen: Vec<&Workload> = all
+            .iter()
+            .filter(|w| w.weather == Some(weather))
+            .filter(|w| opts.only.as_ref().is_none_or(|o| w.name.contains(o)))
+            .collect();
+        if chosen.is_empty() {
+            continue;
+        }
+        let impair = Weather {
+            seed: weather.seed + round as u64,
+            ..weather
+        };
+        let t = Topology::new(
+            "bimp",
+            TopoOpts {
+                impair: Some(impair),
+                ..TopoOpts::default()
+            },
+        )
+        .with_context(|| format!("building the namespaces of {name}"))?;
+        tune(&t)?;
+        let host = Host::new(t.client())?;
+        let configs = [Config::None, Config::Lnat];
+        for i in 0..configs.len() {
+            let config = configs[(round + i) % configs.len()];
+            let active = Active::start(config, &host)
+                .with_context(|| format!("setting up {} on {name}", config.name()))?;
+            for w in &chosen {
+                if stop() {
+                    bail!("interrupted");
+                }
+                let s = measure(&t, &active, config, w, round)?;
+                log(opts, &s);
+                out.samples.push(s);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints one measurement as it is taken.
+fn log(opts: &Opts, s: &Sample) {
+    eprintln!(
+        "lnat-bench: round {}/{} {:>15} {:>16}: {:>12.2} {:?} in {:.2} s{}",
+        s.round + 1,
+        opts.rounds,
+        s.config.name(),
+        s.workload,
+        s.rate,
+        s.unit,
+        s.secs,
+        s.ns_per_packet
+            .map(|n| format!(", {n:.0} ns/packet"))
+            .unwrap_or_default()
+            + &s.lnat_drops
+                .map(|n| format!(", {n} dropped by lnat"))
+                .unwrap_or_default()
+    );
 }
 
 /// Runs `w` once under `active` and reads the program's cost over it.
@@ -183,7 +258,7 @@ fn measure(
         Some((ns, runs)) if !ns.is_nan() => Some(ns * runs as f64),
         _ => m.relay_cpu_ns.map(|n| n as f64),
     };
-    let gib = workload::payload_bytes(w) as f64 / (1u64 << 30) as f64;
+    let gib = workload::payload_bytes(w).map_or(0.0, |b| b as f64 / (1u64 << 30) as f64);
     Ok(Sample {
         round,
         workload: w.name.clone(),
@@ -233,8 +308,40 @@ fn measure_packets(
             ns_per_packet: ns,
         });
     }
+    let rewritten = || {
+        active
+            .lnat()
+            .context("lnat is not attached")?
+            .counter("rewritten")
+    };
+    let cost = headers::header_cost(
+        id,
+        active
+            .lnat()
+            .map(|_| &rewritten as &dyn Fn() -> anyhow::Result<u64>),
+        HEADER_SEGMENTS,
+    )
+    .context("walking segments of headers")?;
+    eprintln!(
+        "lnat-bench: round {} {:>15} {:>24}: {:.1} ns/header ({:.0} ns for a segment of {:.1} headers, {:.0} for one of payload)",
+        round + 1,
+        config.name(),
+        "header cost",
+        cost.ns_per_header,
+        cost.headers.ns_per_segment,
+        cost.headers_per_segment,
+        cost.payload.ns_per_segment
+    );
+    out.headers.push(HeaderSample {
+        round,
+        config,
+        cost,
+    });
     Ok(())
 }
+
+/// Segments in each header-cost walk: tens of thousands of headers, a few milliseconds.
+const HEADER_SEGMENTS: usize = 2000;
 
 /// Makes runs repeatable and independent. Thousands of connections a round, each leaving a
 /// TIME_WAIT behind: the NAT's 10,000 ports and the client's must come back quickly. No TCP

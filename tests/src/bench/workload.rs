@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::{
     bench::config::Config,
     harness,
+    impair::Weather,
     ns::Proc,
     topology::{ACCEPTOR_PORT, CLIENT, CLIENT_NID, NAT_NID, SERVER, SERVER_NID, Topology},
 };
@@ -29,8 +30,10 @@ pub enum Unit {
 pub struct Workload {
     /// Its name in tables and JSON.
     pub name: String,
-    /// PUT payload bytes.
+    /// PUT payload bytes; 0 with `mixed`.
     pub size: u32,
+    /// PUTs of every size from 0 B to 1 MiB (`--sizes mixed`) rather than `size` each.
+    pub mixed: bool,
     /// PUTs to each client.
     pub puts: u64,
     /// Clients at once (one connection each).
@@ -44,6 +47,8 @@ pub struct Workload {
     /// The client's packets received on the other CPU (the server's) rather than its own: a
     /// host whose NIC delivers a connection to a core other than the one reading it.
     pub rx_apart: bool,
+    /// The bad network it crosses (between the server and the client), if any.
+    pub weather: Option<Weather>,
 }
 
 /// 1 MiB, LNet's largest PUT.
@@ -70,6 +75,8 @@ pub fn single(quick: bool) -> Vec<Workload> {
             unit,
             large_packets: true,
             rx_apart,
+            mixed: false,
+            weather: None,
         };
     vec![
         one(BULK, MIB, 1500, 1, Unit::Gbps, false),
@@ -103,13 +110,76 @@ pub fn scale(quick: bool) -> Vec<Workload> {
             unit: Unit::Gbps,
             large_packets: false,
             rx_apart: false,
+            mixed: false,
+            weather: None,
         })
         .collect()
 }
 
-/// Payload bytes the server sends in `w`.
-pub fn payload_bytes(w: &Workload) -> u64 {
-    w.puts * w.flows as u64 * u64::from(w.size)
+/// The bad networks of the impaired workloads, each with its name and the target its transfer
+/// time ratio (lnat / no program) is held to: 3% of frames lost, and 25% held back behind up
+/// to three later frames.
+pub const WEATHERS: [(&str, Weather, f64); 2] = [
+    (
+        "3% loss",
+        Weather {
+            drop: 3,
+            hold: 0,
+            dup: 0,
+            seed: 0x5eed,
+        },
+        1.3,
+    ),
+    (
+        "25% reordering",
+        Weather {
+            drop: 0,
+            hold: 25,
+            dup: 0,
+            seed: 0x5eed,
+        },
+        2.0,
+    ),
+];
+
+/// The impaired workloads: mixed PUTs and a stream of 4 KiB messages across each of
+/// [`WEATHERS`], with and without lnat on the same bad network (MTU-sized frames: the
+/// impairment bridge forwards frames, not GSO packets).
+pub fn impaired(quick: bool) -> Vec<Workload> {
+    // Twice the quick transfers in a full run, not four times: each loss lnat turns into a
+    // retransmission timeout costs 200 ms, and a round would otherwise take minutes.
+    let k = if quick { 1 } else { 2 };
+    WEATHERS
+        .iter()
+        .flat_map(|&(name, weather, _)| {
+            let w = |what: &str, size: u32, puts: u64, batch: usize, mixed: bool, unit: Unit| {
+                Workload {
+                    name: format!("{what}, {name}"),
+                    size,
+                    mixed,
+                    puts: puts * k,
+                    flows: 1,
+                    batch,
+                    unit,
+                    large_packets: false,
+                    rx_apart: false,
+                    weather: Some(weather),
+                }
+            };
+            [
+                w(IMPAIRED[0], 0, 250, 1, true, Unit::Gbps),
+                w(IMPAIRED[1], 4096, 1000, 16, false, Unit::MsgPerSec),
+            ]
+        })
+        .collect()
+}
+
+/// The impaired workloads' kinds of traffic.
+pub const IMPAIRED: [&str; 2] = ["mixed PUTs", "4 KiB messages"];
+
+/// Payload bytes the server sends in `w`, when its sizes are fixed.
+pub fn payload_bytes(w: &Workload) -> Option<u64> {
+    (!w.mixed).then(|| w.puts * w.flows as u64 * u64::from(w.size))
 }
 
 /// What one run of a workload gave.
@@ -143,7 +213,11 @@ pub fn run(t: &Topology, w: &Workload, config: Config) -> anyhow::Result<Measure
     t.steer_to_cpu(if w.rx_apart { SERVER_CPU } else { CLIENT_CPU })?;
     let (puts, size, conns, batch) = (
         w.puts.to_string(),
-        w.size.to_string(),
+        if w.mixed {
+            "mixed".to_string()
+        } else {
+            w.size.to_string()
+        },
         w.flows.to_string(),
         w.batch.to_string(),
     );
@@ -285,6 +359,22 @@ mod tests {
             );
         }
         assert_eq!(scale(false)[0].puts, 8192);
+    }
+
+    #[test]
+    fn each_bad_network_carries_both_kinds_of_traffic_in_frames() {
+        let w = impaired(true);
+        assert_eq!(w.len(), WEATHERS.len() * IMPAIRED.len());
+        for (name, weather, _) in WEATHERS {
+            let here: Vec<_> = w.iter().filter(|w| w.weather == Some(weather)).collect();
+            assert_eq!(here.len(), IMPAIRED.len());
+            assert!(
+                here.iter()
+                    .all(|w| w.name.ends_with(name) && !w.large_packets)
+            );
+        }
+        assert!(w[0].mixed && payload_bytes(&w[0]).is_none());
+        assert_eq!(payload_bytes(&w[1]), Some(1000 * 4096));
     }
 
     #[test]
