@@ -542,6 +542,25 @@ impl Hello {
         }
     }
 
+    /// The whole HELLO's length, from its fixed part: a reader of a socket takes that many
+    /// bytes before [`Hello::decode`], and refuses an address list socklnd would refuse.
+    pub fn wire_len_from(b: &[u8]) -> Result<usize, WireError> {
+        let (proto, endian) = Hello::probe(b)?;
+        let layout = proto.hello();
+        if b.len() < layout.fixed {
+            return Err(WireError::Short);
+        }
+        let list = if layout.count_is_bytes {
+            Endian::Little.u32(b, layout.count_at)
+        } else {
+            endian.u32(b, layout.count_at).saturating_mul(4)
+        };
+        if !list.is_multiple_of(4) || list / 4 > MAX_HELLO_IPS {
+            return Err(WireError::TooManyIps(list / 4));
+        }
+        Ok(layout.fixed + list as usize)
+    }
+
     /// Decodes a whole HELLO (fixed part and addresses) from the start of `b`.
     pub fn decode(b: &[u8]) -> Result<(Hello, Endian, usize), WireError> {
         let (proto, endian) = Hello::probe(b)?;
@@ -827,6 +846,10 @@ mod tests {
         Endian::Little.put_u32(&mut b, 4, 3);
         Endian::Little.put_u32(&mut b, hello4::NIPS, 17);
         assert_eq!(Hello::decode(&b), Err(WireError::TooManyIps(17)));
+        assert_eq!(Hello::wire_len_from(&b), Err(WireError::TooManyIps(17)));
+        assert_eq!(Hello::wire_len_from(&b[..40]), Err(WireError::Short));
+        Endian::Little.put_u32(&mut b, hello4::NIPS, 2);
+        assert_eq!(Hello::wire_len_from(&b), Ok(hello4::LEN + 8));
     }
 
     /// docs/protocol.md, V3 exchange: a PUT from the server to 203.0.113.1@tcp with a 16-byte payload.

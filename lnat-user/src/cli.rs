@@ -29,6 +29,11 @@ pub enum Command {
     /// Add or remove a static mapping on a running attachment.
     #[command(subcommand)]
     Map(MapCommand),
+    /// Ask an LNet server what it calls this host: whether this host needs lnat.
+    ///
+    /// Meant for before installing anything: it connects from a reserved port as LNet does,
+    /// exchanges HELLOs with the server, sends no LNet message and prints the one thing to do.
+    Probe(ProbeArgs),
 }
 
 /// `lnat attach`.
@@ -69,6 +74,21 @@ pub struct AttachArgs {
 pub struct StatusArgs {
     /// Interface to show; all attached ones when omitted.
     pub iface: Option<String>,
+    /// Print JSON for programs to read.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `lnat probe`.
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// The server's NID, e.g. 203.0.113.10@tcp.
+    #[arg(value_name = "SERVER_NID", value_parser = parse_nid)]
+    pub server: Nid,
+    /// The server's LNet acceptor port.
+    #[arg(long, value_name = "N", default_value_t = ACCEPTOR_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
     /// Print JSON for programs to read.
     #[arg(long)]
     pub json: bool,

@@ -1,6 +1,10 @@
 //! The network interface lnat attaches to.
 
-use std::{ffi::CString, io};
+use std::{
+    ffi::{CStr, CString},
+    io,
+    net::Ipv4Addr,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -71,4 +75,37 @@ fn link_type(name: &CString) -> io::Result<u16> {
         }
         Ok(req.ifr_ifru.ifru_hwaddr.sa_family)
     }
+}
+
+/// The name of the interface that holds `ip`, if one does: the interface a connection from
+/// that local address leaves by, so `lnat probe` can name the one to attach to.
+pub fn with_address(ip: Ipv4Addr) -> anyhow::Result<Option<String>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error()).context("listing the interfaces' addresses");
+    }
+    let mut found = None;
+    let mut at = list;
+    // SAFETY: walks the list getifaddrs returned, reading each entry's IPv4 address only when
+    // its family says it is one, then frees the list once.
+    unsafe {
+        while let Some(entry) = at.as_ref() {
+            let addr = entry.ifa_addr;
+            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == ip {
+                    found = Some(
+                        CStr::from_ptr(entry.ifa_name)
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                    break;
+                }
+            }
+            at = entry.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    Ok(found)
 }

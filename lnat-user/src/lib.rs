@@ -7,5 +7,6 @@ pub mod kernel;
 pub mod lock;
 pub mod pins;
 pub mod privileges;
+pub mod probe;
 pub mod report;
 pub mod verifier;

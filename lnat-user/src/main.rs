@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => cmd::attach::run(args),
         Command::Status(args) => cmd::status::run(args),
         Command::Map(args) => cmd::map::run(args),
+        Command::Probe(args) => cmd::probe::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

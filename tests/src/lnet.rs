@@ -179,18 +179,10 @@ impl Wire {
     /// Reads a HELLO of any version.
     pub fn recv_hello(&mut self) -> anyhow::Result<(Hello, Endian)> {
         let mut b = self.recv(8)?;
-        let (proto, endian) = Hello::probe(&b).map_err(|e| anyhow::anyhow!("bad HELLO: {e:?}"))?;
-        let layout = proto.hello();
-        b.extend(self.recv(layout.fixed - 8)?);
-        let count = if proto == Proto::V1 {
-            Endian::Little.u32(&b, layout.count_at)
-        } else {
-            4 * endian.u32(&b, layout.count_at)
-        };
-        if count > 4 * wire::MAX_HELLO_IPS {
-            bail!("Bad nips {} in HELLO", count / 4);
-        }
-        b.extend(self.recv(count as usize)?);
+        let (proto, _) = Hello::probe(&b).map_err(|e| anyhow::anyhow!("bad HELLO: {e:?}"))?;
+        b.extend(self.recv(proto.hello().fixed - 8)?);
+        let len = Hello::wire_len_from(&b).map_err(|e| anyhow::anyhow!("bad HELLO: {e:?}"))?;
+        b.extend(self.recv(len - b.len())?);
         Hello::decode(&b)
             .map(|(h, e, _)| (h, e))
             .map_err(|e| anyhow::anyhow!("bad HELLO: {e:?}"))

@@ -2,4 +2,5 @@
 
 pub mod attach;
 pub mod map;
+pub mod probe;
 pub mod status;
