@@ -8,6 +8,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod ahead;
 pub mod crc;
 pub mod csum;
 pub mod flow;

@@ -3,7 +3,7 @@
 //! All are `#[repr(C)]` plain data. Addresses are kept as four bytes in dotted order and NIDs as
 //! (address, LND, number) so that `bpftool map dump` of the BTF-typed maps reads naturally.
 
-use crate::{history::RUNS, nid::Nid, segment::Driver, tracker::Tracker};
+use crate::{ahead::Scan, history::RUNS, nid::Nid, segment::Driver, tracker::Tracker};
 
 /// Most LNet ports one attachment follows.
 pub const MAX_PORTS: usize = 8;
@@ -42,8 +42,13 @@ pub mod names {
     /// [`WORK`] for the egress program: its own, as an egress run may begin on a CPU whose
     /// ingress run it interrupted.
     pub const OUT_WORK: &str = "LNAT_OUT_WORK";
+    /// The bytes of segments passed ahead of the tracker ([`super::FlowKey`] to
+    /// [`super::Kept`], [`crate::ahead`]) until it parses them.
+    pub const KEPT: &str = "LNAT_KEPT";
+    /// Where a segment's bytes are read and scanned before they are kept.
+    pub const KEPT_NEW: &str = "LNAT_KEPT_NEW";
     /// Every map lnat pins, in the order `lnat status` reports them.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
         CONFIG,
         MAPPINGS,
         FLOWS,
@@ -56,6 +61,8 @@ pub mod names {
         OUT_QUIET,
         OUT_SCRATCH,
         OUT_WORK,
+        KEPT,
+        KEPT_NEW,
     ];
 }
 
@@ -233,6 +240,10 @@ counters! {
     learn_failed,
     /// Segments dropped because they start past a header not yet seen (TCP resends them).
     dropped_ooo,
+    /// Segments past a header not yet seen passed unchanged all the same, as nothing in them
+    /// can change (their SACK starts the sender's fast retransmit); their bytes are kept
+    /// until the tracker reaches them.
+    passed_ahead,
     /// Segments dropped because the patch history had no room for theirs without forgetting
     /// patches the client had not yet received (TCP resends them once it has).
     held,
@@ -326,8 +337,24 @@ pub struct FlowState<const N: usize = RUNS> {
     pub closing_ns: u64,
     /// Sequence number of the stream's first byte: tells a repeated handshake from a new one.
     pub start: u32,
-    /// Keeps the struct a multiple of 8 bytes.
-    pub _pad: u32,
+    /// GETs this host sent on the connection (counted by the egress program on the incoming
+    /// stream's entry), against `replies`: a REPLY may still come while they differ.
+    pub gets: u16,
+    /// REPLYs framed on the incoming stream.
+    pub replies: u16,
+}
+
+/// Connections whose segments passed ahead may be kept at once ([`crate::ahead`]); beyond it a
+/// segment is dropped as before. One per connection in recovery at a time.
+pub const MAX_KEPT: u32 = 32;
+
+/// The bytes of a segment passed ahead ([`crate::ahead`]); where it lies in the stream is in its
+/// flow's tracker.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Kept {
+    /// The segment's payload, from its first byte.
+    pub bytes: [u8; crate::ahead::AHEAD_MAX],
 }
 
 /// The stream a host sends on a followed connection.
@@ -377,6 +404,15 @@ pub struct Work {
     /// The connection as a socket lookup takes it (addresses and ports in network order,
     /// sender first): the helper reads it from memory, and the stack has no room for it.
     pub tuple: [u8; 12],
+    /// The scan of a segment that may go ahead ([`crate::ahead`]): in map memory, as the
+    /// `bpf_loop` callback that feeds it changes it (state on the stack would be verified
+    /// once per value it takes).
+    pub scan: Scan,
+    /// 1 when the segment just passed brought its flow's cursor into the segment kept ahead,
+    /// whose pass the ingress program then tail-calls.
+    pub kept_due: u8,
+    /// Keeps the struct a multiple of 8 bytes.
+    pub _pad: [u8; 7],
 }
 
 /// A learned mapping, as the datapath reports it to `lnat attach`.
@@ -403,6 +439,7 @@ mod pod {
     unsafe impl<const N: usize> aya::Pod for super::FlowState<N> {}
     unsafe impl aya::Pod for super::LearnEvent {}
     unsafe impl aya::Pod for super::Work {}
+    unsafe impl aya::Pod for super::Kept {}
 }
 
 #[cfg(test)]

@@ -41,6 +41,12 @@ pub trait Packet {
     fn received(&mut self) -> Option<u32> {
         None
     }
+    /// True when these bytes are the receiver's already: a segment passed ahead
+    /// ([`crate::ahead`]), read again from where the caller kept it. A patch on them cannot be
+    /// made, and gives the stream up ([`Desync::Delivered`]).
+    fn delivered(&self) -> bool {
+        false
+    }
 }
 
 /// What one step of a phase leaves to do.
@@ -154,7 +160,9 @@ pub struct Driver {
     may_hold: u8,
     /// 1 when the segment was held.
     held: u8,
-    _pad: [u8; 3],
+    /// 1 when the segment's bytes were passed ahead ([`Packet::delivered`]).
+    delivered: u8,
+    _pad: [u8; 2],
 }
 
 impl Driver {
@@ -171,6 +179,7 @@ impl Driver {
         t.history.follow(t.cursor());
         self.may_hold = 0;
         self.held = 0;
+        self.delivered = pkt.delivered() as u8;
         if matches!(t.admit(seq, len), Admit::Track { .. })
             && t.history.wants_received(len)
             && let Some(r) = pkt.received()
@@ -190,7 +199,7 @@ impl Driver {
         self.phase = match admit {
             Admit::Track { .. } if t.history.reaches(seq) => HISTORY,
             Admit::Track { .. } => LOAD,
-            Admit::Pass | Admit::Drop | Admit::Hold => DONE,
+            Admit::Pass | Admit::Drop | Admit::Hold | Admit::Ahead => DONE,
         };
         admit
     }
@@ -298,7 +307,12 @@ impl Driver {
         if self.held != 0 {
             Outcome::Held
         } else if self.failed != 0 {
-            t.desync(Desync::Unreadable, env);
+            let why = if self.delivered != 0 {
+                Desync::Delivered
+            } else {
+                Desync::Unreadable
+            };
+            t.desync(why, env);
             Outcome::Unreadable
         } else if unfinished {
             t.desync(Desync::Overrun, env);
@@ -325,6 +339,85 @@ pub fn process<P: Packet, E: Env, const N: usize>(
     while d.step(t, pkt, env) {}
     match d.finish(t, env) {
         Outcome::Held => Admit::Hold,
+        _ => admit,
+    }
+}
+
+/// Longest stretch of a segment scanned at once for [`pass_ahead`].
+pub const SCAN_CHUNK: usize = 64;
+
+/// Whether the segment `[seq, seq + len)` of `pkt`, which the tracker could not admit
+/// ([`Admit::Drop`]), is passed ahead ([`crate::ahead`]): its scan reads it in chunks, and
+/// when it touches nothing lnat changes the tracker records it. True: pass it and keep its
+/// bytes.
+pub fn pass_ahead<P: Packet, E: Env, const N: usize>(
+    t: &mut Tracker<N>,
+    seq: u32,
+    len: u32,
+    pkt: &mut P,
+    env: &mut E,
+) -> bool {
+    let Some(mut scan) = t.ahead_scan(seq, len, env) else {
+        return false;
+    };
+    let mut chunk = [0u8; SCAN_CHUNK];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(SCAN_CHUNK as u32) as usize;
+        if !pkt.load(off, &mut chunk[..n]) {
+            return false;
+        }
+        scan.feed(&chunk[..n]);
+        off += n as u32;
+    }
+    if !scan.safe() {
+        return false;
+    }
+    t.keep_ahead(seq, len);
+    true
+}
+
+/// Parses the segment passed ahead once the cursor has reached it, `kept` reading its bytes
+/// where the caller kept them (a [`Packet`] that says they are [`Packet::delivered`]); then
+/// forgets it if the cursor is past it. `Complete` when there was nothing to parse.
+pub fn process_kept<P: Packet, E: Env, const N: usize>(
+    t: &mut Tracker<N>,
+    kept: &mut P,
+    env: &mut E,
+    budget: u32,
+) -> Outcome {
+    let a = t.ahead();
+    let mut outcome = Outcome::Complete;
+    if a.reached(t.cursor()) {
+        let mut d = Driver::default();
+        d.start(t, a.seq, a.len as u32, budget, kept);
+        while d.step(t, kept, env) {}
+        outcome = d.finish(t, env);
+    }
+    t.settle_ahead();
+    outcome
+}
+
+/// What the datapath does with one segment, in order: [`process`]; a segment it could not
+/// admit may go ahead ([`pass_ahead`]: [`Admit::Ahead`], its bytes for the caller to keep);
+/// after one it followed, the segment kept ahead is parsed when the cursor has reached it
+/// ([`process_kept`], `kept` reading it).
+pub fn process_ahead<P: Packet, K: Packet, E: Env, const N: usize>(
+    t: &mut Tracker<N>,
+    seq: u32,
+    len: u32,
+    pkt: &mut P,
+    kept: &mut K,
+    env: &mut E,
+    budget: u32,
+) -> Admit {
+    let admit = process(t, seq, len, pkt, env, budget);
+    match admit {
+        Admit::Drop if pass_ahead(t, seq, len, pkt, env) => Admit::Ahead,
+        Admit::Track { .. } => {
+            process_kept(t, kept, env, budget);
+            admit
+        }
         _ => admit,
     }
 }

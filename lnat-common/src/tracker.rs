@@ -28,6 +28,7 @@
 //! the segment that come again, and returned from [`Tracker::advance`] for the segment in hand.
 
 use crate::{
+    ahead::{AHEAD_MAX, Ahead, Scan},
     crc,
     history::{History, Patch, RUNS},
     nid::{Nid, NidForm},
@@ -81,6 +82,9 @@ pub enum Desync {
     Unreadable = 8,
     /// The peer's segments arrive as IPv4 fragments, reassembled only after the datapath.
     Fragmented = 9,
+    /// A patch fell on bytes passed ahead ([`crate::ahead`]), which the receiver already has,
+    /// or they could not be read again.
+    Delivered = 10,
 }
 
 impl Desync {
@@ -96,6 +100,7 @@ impl Desync {
             7 => Some(Desync::Overrun),
             8 => Some(Desync::Unreadable),
             9 => Some(Desync::Fragmented),
+            10 => Some(Desync::Delivered),
             _ => None,
         }
     }
@@ -112,6 +117,7 @@ impl Desync {
             Desync::Overrun => "too many units in one packet",
             Desync::Unreadable => "packet shorter than its headers",
             Desync::Fragmented => "IPv4 fragments (reassembled after the datapath)",
+            Desync::Delivered => "a patch on bytes passed ahead",
         }
     }
 }
@@ -129,6 +135,11 @@ pub enum Note {
     Discoverable,
     /// A NID decided on its first bytes turned out to want a different decision.
     Conflict,
+    /// This host sent a GET (an LNet ping, in Lustre's use of a client): its REPLY, ping
+    /// information, may come on the incoming stream.
+    GetSent,
+    /// A REPLY was framed on the incoming stream.
+    ReplyFramed,
     /// The stream can no longer be followed.
     Desynced(Desync),
 }
@@ -149,6 +160,12 @@ pub trait Env {
     fn external(&mut self) -> Option<Nid> {
         None
     }
+    /// Whether a REPLY to one of this host's GETs may still come on the incoming stream, whose
+    /// feature word rule I1 could change: a segment is then not passed ahead
+    /// ([`crate::ahead`]), as the REPLY may lie before it in a hole, its feature word in it.
+    fn replies_due(&mut self) -> bool {
+        false
+    }
     /// Something worth counting happened.
     fn note(&mut self, what: Note);
 }
@@ -163,6 +180,10 @@ pub enum Admit {
     /// Held back ([`crate::segment::Outcome::Held`]): what [`crate::segment::process`] says
     /// of a segment it did not rewrite because the history had no room for its patches.
     Hold,
+    /// Passed unchanged ahead of the cursor ([`crate::ahead`]): what
+    /// [`crate::segment::process_ahead`] says of a segment it could not admit whose bytes
+    /// touch nothing lnat changes. The caller keeps its bytes for the tracker.
+    Ahead,
     /// Rewrite it (history first, then parse from the cursor); `miss` when it overlaps the
     /// stretch whose patches the history forgot.
     Track {
@@ -265,12 +286,17 @@ pub struct Tracker<const N: usize = RUNS> {
     /// Ping NI entries left, the current one included.
     pub entries: u8,
     /// Keeps `out` aligned.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 1],
+    /// Bytes of the segment passed ahead of the cursor, whose bytes the datapath keeps (0:
+    /// none).
+    pub ahead_len: u16,
     /// Payload bytes of the current message after the entries of its ping information.
     pub rest: u32,
     /// The checksum compensation for a changed feature bit, owed to NI entry 1's
     /// `ns_msg_size` (0: none).
     pub comp: u32,
+    /// Sequence number of the segment passed ahead.
+    pub ahead_seq: u32,
     /// Patches from the last `advance`, for the segment in hand.
     pub out: [Patch; OUT_MAX],
     /// The unit's prefix.
@@ -300,9 +326,11 @@ impl Tracker {
             dir: 0,
             entry: 0,
             entries: 0,
-            _pad: [0; 3],
+            _pad: [0; 1],
             rest: 0,
             comp: 0,
+            ahead_seq: 0,
+            ahead_len: 0,
             out: [Patch {
                 pos: 0,
                 xor: [0; 4],
@@ -360,6 +388,7 @@ impl<const N: usize> Tracker<N> {
         self.entries = 0;
         self.rest = 0;
         self.comp = 0;
+        self.ahead_len = 0;
         self.proto = 0;
         self.flags = 0;
         self.role = role as u8;
@@ -400,6 +429,51 @@ impl<const N: usize> Tracker<N> {
             Admit::Track {
                 miss: self.history.misses(seq, len),
             }
+        }
+    }
+
+    /// A scan for the segment `[seq, seq + len)` if it may be passed ahead of the cursor
+    /// ([`crate::ahead`]): it lies beyond the cursor of a followed V1 or V3 stream from the
+    /// peer, in its messages, whose HELLO named this host; it fits [`AHEAD_MAX`]; and no other
+    /// segment waits ahead.
+    pub fn ahead_scan<E: Env>(&self, seq: u32, len: u32, env: &mut E) -> Option<Scan> {
+        let v1_or_v3 = self.proto == Proto::V1 as u8 || self.proto == Proto::V3 as u8;
+        if self.dir != Direction::In as u8
+            || !v1_or_v3
+            || self.unit < UNIT_MSG
+            || self.hint == 0
+            || self.desynced()
+            || self.ahead().pending(self.cursor())
+            || len < 4
+            || len as usize > AHEAD_MAX
+            || !seq::after(seq, self.cursor())
+            || env.replies_due()
+        {
+            return None;
+        }
+        Some(Scan::new(Nid(self.hint).addr()))
+    }
+
+    /// Records that the segment `[seq, seq + len)` went to the receiver ahead of the cursor
+    /// (its scan found it safe); its bytes are the caller's to keep until the cursor reaches
+    /// it.
+    pub const fn keep_ahead(&mut self, seq: u32, len: u32) {
+        self.ahead_seq = seq;
+        self.ahead_len = len as u16;
+    }
+
+    /// The segment passed ahead of the cursor ([`Ahead::NONE`]: none).
+    pub const fn ahead(&self) -> Ahead {
+        Ahead {
+            seq: self.ahead_seq,
+            len: self.ahead_len,
+        }
+    }
+
+    /// Forgets the segment passed ahead once the cursor is past it (or the stream given up).
+    pub const fn settle_ahead(&mut self) {
+        if self.desynced() || !self.ahead().pending(self.cursor()) {
+            self.ahead_len = 0;
         }
     }
 
@@ -911,6 +985,14 @@ impl<const N: usize> Tracker<N> {
                     if payload > wire::LNET_MTU {
                         self.desync(Desync::TooLong, env);
                         return;
+                    }
+                    let msg_type = self.rd32_lnet(ks + hdr.msg_type);
+                    match (self.dir == Direction::In as u8, msg_type) {
+                        (false, t) if t == wire::LnetType::Get as u32 => env.note(Note::GetSent),
+                        (true, t) if t == wire::LnetType::Reply as u32 => {
+                            env.note(Note::ReplyFramed)
+                        }
+                        _ => {}
                     }
                     if self.is_ping(payload) {
                         if proto != Proto::V1 && self.rd32(wire::ksock::CSUM) != 0 {

@@ -25,6 +25,16 @@ pub struct DpEnv<'a, const N: usize, S: Side<N>> {
     side: core::marker::PhantomData<S>,
 }
 
+// Pointers only, each to memory that outlives the program run: a copy is the same
+// environment (the kept segment's pass takes one).
+impl<const N: usize, S: Side<N>> Clone for DpEnv<'_, N, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<const N: usize, S: Side<N>> Copy for DpEnv<'_, N, S> {}
+
 impl<'a, const N: usize, S: Side<N>> DpEnv<'a, N, S> {
     /// The environment for `seg`, whose flow state is `flow`.
     pub fn new(ctx: &'a TcContext, flow: *mut FlowState<N>, work: *mut Work) -> Option<Self> {
@@ -164,8 +174,43 @@ impl<const N: usize, S: Side<N>> Env for DpEnv<'_, N, S> {
         (hint != 0).then_some(Nid(hint))
     }
 
+    /// A REPLY may come while the GETs the egress program counted on this connection outnumber
+    /// the REPLYs framed; only where rule I1 applies (the egress program runs).
+    fn replies_due(&mut self) -> bool {
+        if S::DIR != Direction::In || self.external().is_none() {
+            return false;
+        }
+        // SAFETY: the flow value outlives the packet's processing; `gets` is one aligned word
+        // the egress program adds to.
+        let (gets, replies) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*self.flow).gets),
+                (*self.flow).replies,
+            )
+        };
+        gets != replies
+    }
+
     fn note(&mut self, what: Note) {
         match what {
+            Note::GetSent => {
+                // Counted on the incoming stream's entry, which decides what goes ahead. One
+                // writer: the egress program, under its outgoing flow's claim.
+                if let Some(f) = maps::FLOWS.get_ptr_mut(self.key()) {
+                    // SAFETY: a live flow-table value; the ingress program only reads the word.
+                    unsafe {
+                        let gets = &raw mut (*f).gets;
+                        core::ptr::write_volatile(
+                            gets,
+                            core::ptr::read_volatile(gets).wrapping_add(1),
+                        );
+                    }
+                }
+            }
+            Note::ReplyFramed => {
+                // SAFETY: this CPU holds the flow's claim.
+                unsafe { (*self.flow).replies = (*self.flow).replies.wrapping_add(1) };
+            }
             Note::Rewrote => {
                 // SAFETY: this CPU's work area.
                 unsafe { (*self.work).rewrites += 1 };

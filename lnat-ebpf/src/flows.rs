@@ -57,6 +57,8 @@ pub fn open<const N: usize, S: Side<N>>(seg: &SegmentInfo, role: Role) {
             f.cache = LookupCache::default();
             f.rewrites = 0;
             f.closing_ns = 0;
+            f.gets = 0;
+            f.replies = 0;
             // SAFETY: a helper without arguments.
             f.opened_ns = unsafe { bpf_ktime_get_ns() };
             side::count::<N, S>(Tally::Opened);
@@ -75,6 +77,8 @@ pub fn open<const N: usize, S: Side<N>>(seg: &SegmentInfo, role: Role) {
     f.cache = LookupCache::default();
     f.rewrites = 0;
     f.closing_ns = 0;
+    f.gets = 0;
+    f.replies = 0;
     // SAFETY: a helper without arguments.
     f.opened_ns = unsafe { bpf_ktime_get_ns() };
     // A reference, so the entry goes from map to map without a 1.2 KiB copy on the stack.

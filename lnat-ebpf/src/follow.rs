@@ -7,12 +7,13 @@ use lnat_common::{
     history::RUNS,
     maps::{FlowState, OUT_RUNS, SegmentInfo, Work},
     quiet::Quiet,
-    segment::{MAX_STEPS, Outcome},
+    segment::{MAX_STEPS, Outcome, Packet},
     tracker::{Admit, Desync, Direction},
 };
 
 use crate::{
     DROP, PASS,
+    ahead::{self, KeptPacket},
     env::DpEnv,
     flows, headers, maps,
     side::{self, In, Out, Side, Tally},
@@ -60,16 +61,50 @@ pub fn packet<const N: usize, S: Side<N>>(ctx: &TcContext) -> i32 {
             Direction::Out => flows::end::<RUNS, In>(seg),
         }
     }
+    // SAFETY: as above.
+    if S::DIR == Direction::In && unsafe { core::mem::take(&mut (*work).kept_due) } != 0 {
+        // The kept segment is parsed by a program of its own, which ends with this verdict
+        // (lnat asks for one only when it passes the segment).
+        // SAFETY: the tail call takes this program's context; it returns only if it failed.
+        unsafe { maps::LNAT_PROGS.tail_call(ctx, 0) };
+        // No program to parse the kept bytes: the stream cannot go on past them.
+        give_up::<N, S>(unsafe { &(*work).seg }, Desync::Delivered);
+    }
     verdict
+}
+
+/// The kept segment's pass, tail-called after a segment that reached it: takes the flow again
+/// and parses the kept bytes; the packet goes on, as the segment before was passed.
+pub fn kept(ctx: &TcContext) -> i32 {
+    let Some(work) = maps::LNAT_WORK.get_ptr_mut(0) else {
+        return PASS;
+    };
+    // SAFETY: this CPU's work area, which the tail-calling program filled.
+    let key = unsafe { (*work).seg.key };
+    let Some(flow) = maps::FLOWS.get_ptr_mut(key) else {
+        return PASS;
+    };
+    // Another CPU that took the flow meanwhile parses the kept bytes itself if it needs them.
+    let Some(claim) = flows::Claim::take(flow) else {
+        return PASS;
+    };
+    if let Some(env) = DpEnv::<RUNS, In>::new(ctx, flow, work) {
+        parse_kept::<RUNS, In>(work, flow, &env);
+        // SAFETY: a flow this CPU has claimed.
+        let quiet = Quiet::of(unsafe { &(*flow).tracker });
+        maps::publish(In::windows(), &key, quiet);
+    }
+    claim.release();
+    PASS
 }
 
 /// What the `bpf_loop` callback needs: pointers only. Everything it reads or changes lives in
 /// map memory (the flow state and [`Work`], which holds the segment's `Driver`), which costs no
 /// stack and keeps the verifier's view of the loop small.
-struct Job<'a, const N: usize, S: Side<N>> {
+struct Job<'a, const N: usize, S: Side<N>, P: Packet> {
     flow: *mut FlowState<N>,
     work: *mut Work,
-    pkt: SkbPacket,
+    pkt: P,
     env: DpEnv<'a, N, S>,
 }
 
@@ -121,7 +156,11 @@ fn rewrite_owned<const N: usize, S: Side<N>>(
     }
     match start::<N, S>(ctx, work, flow) {
         // `start` never holds: the loop below does, before a window of new bytes.
-        Admit::Pass | Admit::Hold => return PASS,
+        Admit::Pass | Admit::Hold | Admit::Ahead => return PASS,
+        // Only the incoming stream goes ahead; its flows are `FlowState<RUNS>`.
+        Admit::Drop if S::DIR == Direction::In && ahead::pass(ctx, work, flow.cast()) => {
+            return PASS;
+        }
         Admit::Drop => {
             side::count::<N, S>(Tally::Ahead);
             return DROP;
@@ -131,7 +170,7 @@ fn rewrite_owned<const N: usize, S: Side<N>>(
     let Some(env) = DpEnv::new(ctx, flow, work) else {
         return PASS;
     };
-    let mut job = Job::<N, S> {
+    let mut job = Job::<N, S, SkbPacket> {
         flow,
         work,
         pkt: SkbPacket::new(ctx, work, S::DIR),
@@ -141,13 +180,17 @@ fn rewrite_owned<const N: usize, S: Side<N>>(
     unsafe {
         aya_ebpf::helpers::generated::bpf_loop(
             MAX_STEPS,
-            step::<N, S> as *mut core::ffi::c_void,
+            step::<N, S, SkbPacket> as *mut core::ffi::c_void,
             (&raw mut job).cast(),
             0,
         );
     }
     // SAFETY: as above.
     let outcome = unsafe { (*work).driver.finish(&mut (*flow).tracker, &mut job.env) };
+    if S::DIR == Direction::In && outcome != Outcome::Held {
+        // SAFETY: this CPU's work area; the flow is the incoming stream's.
+        unsafe { (*work).kept_due = ahead::due(flow.cast()) as u8 };
+    }
     job.env.finish();
     // SAFETY: as above.
     let (key, quiet) = unsafe { ((*work).seg.key, Quiet::of(&(*flow).tracker)) };
@@ -157,6 +200,48 @@ fn rewrite_owned<const N: usize, S: Side<N>>(
         return DROP;
     }
     PASS
+}
+
+/// Parses the segment kept ahead of the cursor if the segment just parsed brought the cursor
+/// into it (`lnat_common::segment::process_kept`), with the same steps over its kept bytes (a
+/// callback of their own, which the verifier follows apart from the packet's); kept bytes that
+/// are gone give the stream up, as the receiver has them and TCP will not send them again.
+#[inline(always)]
+fn parse_kept<const N: usize, S: Side<N>>(
+    work: *mut Work,
+    flow: *mut FlowState<N>,
+    env: &DpEnv<'_, N, S>,
+) {
+    // The incoming stream's flows are `FlowState<RUNS>`.
+    let Some((a, kept)) = ahead::reached(work, flow.cast()) else {
+        return;
+    };
+    // SAFETY: as in `rewrite_owned`.
+    let t = unsafe { &mut (*flow).tracker };
+    if kept.is_null() {
+        t.desync(Desync::Delivered, &mut { *env });
+        return;
+    }
+    let mut job = Job::<N, S, KeptPacket> {
+        flow,
+        work,
+        pkt: KeptPacket(kept),
+        env: *env,
+    };
+    // SAFETY: as in `rewrite_owned`; `bpf_loop` calls `step` with `job`, which outlives it.
+    unsafe {
+        (*work)
+            .driver
+            .start(t, a.seq, a.len as u32, MAX_STEPS, &mut job.pkt);
+        aya_ebpf::helpers::generated::bpf_loop(
+            MAX_STEPS,
+            step::<N, S, KeptPacket> as *mut core::ffi::c_void,
+            (&raw mut job).cast(),
+            0,
+        );
+        (*work).driver.finish(t, &mut job.env);
+    }
+    ahead::settle(work, flow.cast());
 }
 
 /// Starts the segment's `Driver`. A frame of its own: what the socket lookup for the history
@@ -195,8 +280,11 @@ fn give_up<const N: usize, S: Side<N>>(seg: &SegmentInfo, why: Desync) {
 }
 
 /// One step of the segment's `Driver`; `bpf_loop`'s continue (0) or stop (1).
-extern "C" fn step<const N: usize, S: Side<N>>(_: u64, job: *mut core::ffi::c_void) -> i64 {
-    let job = job.cast::<Job<'_, N, S>>();
+extern "C" fn step<const N: usize, S: Side<N>, P: Packet>(
+    _: u64,
+    job: *mut core::ffi::c_void,
+) -> i64 {
+    let job = job.cast::<Job<'_, N, S, P>>();
     // SAFETY: the loop passes a live `Job`, whose pointers are to live map values.
     unsafe {
         let (flow, work) = ((*job).flow, (*job).work);

@@ -10,6 +10,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod ahead;
 mod env;
 mod flows;
 mod follow;
@@ -40,6 +41,13 @@ pub fn lnat(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lnat_egress(ctx: TcContext) -> i32 {
     follow::packet::<OUT_RUNS, Out>(&ctx)
+}
+
+/// Tail-called by `lnat` after a segment that brought the cursor into a segment kept ahead:
+/// parses the kept bytes (`lnat_common::ahead`).
+#[classifier]
+pub fn lnat_kept(ctx: TcContext) -> i32 {
+    follow::kept(&ctx)
 }
 
 /// Passes every packet untouched, as lnat does: the hook-cost baseline of `lnat-bench`.

@@ -2,13 +2,13 @@
 
 use crate::side::Windows;
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     macros::btf_map,
 };
 use lnat_common::{
     maps::{
-        Config, Counters, DEFAULT_FLOWS, FlowKey, FlowState, LearnEvent, MAX_MAPPINGS, Mapping,
-        NidKey, OutFlowState, Work,
+        Config, Counters, DEFAULT_FLOWS, FlowKey, FlowState, Kept, LearnEvent, MAX_KEPT,
+        MAX_MAPPINGS, Mapping, NidKey, OutFlowState, Work,
     },
     quiet::Quiet,
 };
@@ -65,6 +65,22 @@ pub static LNAT_OUT_SCRATCH: PerCpuArray<OutFlowState, 1> = PerCpuArray::new();
 /// CPU in the middle of an ingress one (a softirq's reply sent from within it).
 #[btf_map]
 pub static LNAT_OUT_WORK: PerCpuArray<Work, 1> = PerCpuArray::new();
+
+/// The bytes of segments passed ahead of the tracker, until it parses them: a plain hash, so
+/// that a full table refuses a new segment (which is then dropped as before) rather than
+/// evict bytes another connection still needs. `lnat attach` frees what no flow needs.
+#[btf_map]
+pub static LNAT_KEPT: HashMap<FlowKey, Kept, { MAX_KEPT as usize }> = HashMap::new();
+
+/// Where a segment's bytes are read and scanned before they are kept (too large for the stack).
+#[btf_map]
+pub static LNAT_KEPT_NEW: PerCpuArray<Kept, 1> = PerCpuArray::new();
+
+/// The program that parses a segment kept ahead (`lnat_kept`), tail-called by the ingress
+/// program: it is verified apart, so its steps do not count against the ingress program's
+/// instructions. Set by `lnat attach`.
+#[btf_map]
+pub static LNAT_PROGS: ProgramArray<1> = ProgramArray::new();
 
 /// Shorter names for the rest of the crate.
 pub use LNAT_FLOWS as FLOWS;

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, MapType, PerCpuArray, ProgramArray},
     programs::{
         LinkOrder, ProgramError, ProgramInfo, ProgramType, SchedClassifier, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
@@ -14,8 +14,8 @@ use aya::{
 };
 use lnat_common::{
     maps::{
-        Config, Counters, FlowKey, FlowState, MAX_PORTS, Mapping, NidKey, Origin, OutFlowState,
-        names,
+        Config, Counters, FlowKey, FlowState, Kept, MAX_PORTS, Mapping, NidKey, Origin,
+        OutFlowState, names,
     },
     nid::Nid,
 };
@@ -275,11 +275,57 @@ pub fn attach(
         mode,
         links: Vec::new(),
     };
+    if hooks.contains(&Hook::Ingress) {
+        load_kept_pass(ebpf)?;
+    }
     for &hook in hooks {
         let (id, link) = attach_one(ebpf, iface, mode, hook)?;
         attached.links.push((hook, id, link));
     }
     Ok(attached)
+}
+
+/// The program the ingress one tail-calls to parse a segment kept ahead of its cursor.
+const KEPT_PASS: &str = "lnat_kept";
+/// Where the ingress program finds it.
+const PROGS: &str = "LNAT_PROGS";
+
+/// Verifies the kept-segment pass and puts it where the ingress program tail-calls it, before
+/// the ingress program sees a packet.
+pub fn load_kept_pass(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(KEPT_PASS)
+        .with_context(|| format!("the datapath object has no {KEPT_PASS} program"))?
+        .try_into()
+        .with_context(|| format!("the {KEPT_PASS} program is not a TC classifier"))?;
+    prog.load().map_err(rejected)?;
+    let fd = prog
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(Into::into))
+        .with_context(|| format!("taking the {KEPT_PASS} program's descriptor"))?;
+    let mut progs: ProgramArray<&mut MapData> = ebpf
+        .map_mut(PROGS)
+        .with_context(|| format!("the datapath has no map {PROGS}"))?
+        .try_into()
+        .with_context(|| format!("{PROGS} is not the expected program array"))?;
+    progs
+        .set(0, &fd, 0)
+        .with_context(|| format!("putting {KEPT_PASS} into {PROGS}"))
+}
+
+/// A failed program load as lnat reports it: the verifier's reason in one line.
+fn rejected(e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => anyhow::Error::new(Rejected::new(
+            &kernel::name(),
+            &io_error,
+            &verifier_log.to_string(),
+        )),
+        e => anyhow::Error::new(e).context("loading the datapath's program"),
+    }
 }
 
 fn classifier(ebpf: &mut Ebpf, hook: Hook) -> anyhow::Result<&mut SchedClassifier> {
@@ -297,17 +343,7 @@ fn attach_one(
     hook: Hook,
 ) -> anyhow::Result<(u32, SchedClassifierLinkId)> {
     let prog = classifier(ebpf, hook)?;
-    let loaded = prog.load().map_err(|e| match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => anyhow::Error::new(Rejected::new(
-            &kernel::name(),
-            &io_error,
-            &verifier_log.to_string(),
-        )),
-        e => anyhow::Error::new(e).context("loading the datapath's program"),
-    });
+    let loaded = prog.load().map_err(rejected);
     match hook {
         Hook::Ingress => loaded?,
         Hook::Egress => {
@@ -464,12 +500,13 @@ pub struct Maps {
     out_flows: HashMap<MapData, FlowKey, OutFlowState>,
     out_quiet: HashMap<MapData, FlowKey, u64>,
     counters: PerCpuArray<MapData, Counters>,
+    kept: HashMap<MapData, FlowKey, Kept>,
 }
 
 impl Maps {
     /// Opens the maps pinned for `iface`.
     pub fn pinned(iface: &str) -> anyhow::Result<Maps> {
-        Maps::typed(
+        Maps::typed([
             Map::Array(pins::open(iface, names::CONFIG)?),
             Map::HashMap(pins::open(iface, names::MAPPINGS)?),
             Map::LruHashMap(pins::open(iface, names::FLOWS)?),
@@ -477,7 +514,8 @@ impl Maps {
             Map::LruHashMap(pins::open(iface, names::OUT_FLOWS)?),
             Map::LruHashMap(pins::open(iface, names::OUT_QUIET)?),
             Map::PerCpuArray(pins::open(iface, names::COUNTERS)?),
-        )
+            Map::HashMap(pins::open(iface, names::KEPT)?),
+        ])
     }
 
     /// Takes the maps out of a loaded object that is not pinned (a test-run of the program).
@@ -486,7 +524,7 @@ impl Maps {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("the datapath has no map {name}"))
         };
-        Maps::typed(
+        Maps::typed([
             take(names::CONFIG)?,
             take(names::MAPPINGS)?,
             take(names::FLOWS)?,
@@ -494,17 +532,23 @@ impl Maps {
             take(names::OUT_FLOWS)?,
             take(names::OUT_QUIET)?,
             take(names::COUNTERS)?,
-        )
+            take(names::KEPT)?,
+        ])
     }
 
+    /// The maps in this order: config, mappings, flows, quiet, out_flows, out_quiet, counters,
+    /// kept.
     fn typed(
-        config: Map,
-        mappings: Map,
-        flows: Map,
-        quiet: Map,
-        out_flows: Map,
-        out_quiet: Map,
-        counters: Map,
+        [
+            config,
+            mappings,
+            flows,
+            quiet,
+            out_flows,
+            out_quiet,
+            counters,
+            kept,
+        ]: [Map; 8],
     ) -> anyhow::Result<Maps> {
         Ok(Maps {
             config: config
@@ -528,6 +572,9 @@ impl Maps {
             counters: counters
                 .try_into()
                 .context("LNAT_COUNTERS is not the expected per-CPU array")?,
+            kept: kept
+                .try_into()
+                .context("LNAT_KEPT is not the expected hash map")?,
         })
     }
 
@@ -643,7 +690,19 @@ impl Maps {
         // Each direction of a connection closes on its own FIN or RST: two tables, one rule.
         // A connection is counted by its incoming stream, which every attachment follows.
         sweep(&mut self.out_flows, &mut self.out_quiet, now);
-        sweep(&mut self.flows, &mut self.quiet, now)
+        let freed = sweep(&mut self.flows, &mut self.quiet, now);
+        // Bytes kept ahead for a flow that is gone (freed here, or pushed out of the flow
+        // table): the datapath frees the rest once parsed, or replaces them with a flow's next.
+        let orphans: Vec<FlowKey> = self
+            .kept
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| self.flows.get(k, 0).is_err())
+            .collect();
+        for key in orphans {
+            let _ = self.kept.remove(&key);
+        }
+        freed
     }
 
     /// Every followed connection.

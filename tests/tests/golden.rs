@@ -63,6 +63,7 @@ impl Datapath {
                 .expect("classifier");
             prog.load().expect("verifier");
         }
+        datapath::load_kept_pass(&mut ebpf).expect("the kept-segment pass");
         let mut maps = Maps::take(&mut ebpf).expect("maps");
         maps.configure(&[988], learn, frames::ETH_LEN as u8)
             .expect("configure");

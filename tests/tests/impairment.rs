@@ -55,10 +55,10 @@ fn bad_network(tag: &str, opts: TopoOpts) {
     let retrans = t.server().nstat("TcpRetransSegs").expect("nstat");
     let bridge = opts.impair.map(|_| t.impairment().expect("impairment"));
     println!(
-        "RESULT {tag}: 1000 PUTs intact in {took:.1?}; lnat dropped {} out-of-order, {} contended, {} history misses; \
+        "RESULT {tag}: 1000 PUTs intact in {took:.1?}; lnat dropped {} out-of-order (passed {} ahead), {} contended, {} history misses; \
          TCP retransmitted {retrans}; segments {}; bridge {bridge:?}; without lnat: \
          {base_took:.1?}, TCP retransmitted {base_retrans}",
-        c["dropped_ooo"], c["contended"], c["history_misses"], c["segments"]
+        c["dropped_ooo"], c["passed_ahead"], c["contended"], c["history_misses"], c["segments"]
     );
 }
 

@@ -63,6 +63,10 @@ impl Env for MapEnv {
     fn external(&mut self) -> Option<Nid> {
         self.external
     }
+    /// Without an outgoing stream to count GETs, a REPLY may come whenever rule I1 applies.
+    fn replies_due(&mut self) -> bool {
+        self.external.is_some()
+    }
 }
 
 /// A segment payload in memory.
@@ -397,6 +401,10 @@ pub struct Weather {
     /// Chance each round that the sender resends from the first byte the receiver lacks
     /// (15 is a quick recovery; lower leaves holes open longer, with more sent past them).
     pub recovery: u64,
+    /// The sender resends only what the receiver lacks, as a SACK sender does: never a byte it
+    /// received out of order (a segment passed ahead among them), so the datapath must keep
+    /// what it needs of those.
+    pub sack: bool,
 }
 
 impl Weather {
@@ -410,6 +418,7 @@ impl Weather {
             dup: rng.below(15),
             coalesce: rng.below(50),
             recovery: 5 + rng.below(20),
+            sack: rng.chance(50),
         }
     }
 }
@@ -428,6 +437,8 @@ pub struct Delivered {
     pub missed: Vec<(usize, Vec<u8>)>,
     /// Copies the datapath dropped as out of order.
     pub dropped: usize,
+    /// Copies the datapath passed ahead of its cursor ([`lnat_common::ahead`]).
+    pub ahead: usize,
     /// Copies the datapath held back for want of room in the history.
     pub held: usize,
     /// Copies passed on a published quiet window alone, as the datapath passes them without
@@ -466,6 +477,28 @@ struct ReceiverPacket<'a> {
     rcv_nxt: Option<u32>,
 }
 
+/// The bytes of a segment passed ahead, as the datapath keeps them: read again, never written.
+struct KeptPacket<'a>(&'a [u8]);
+
+impl Packet for KeptPacket<'_> {
+    fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {
+        let off = off as usize;
+        match self.0.get(off..off + dst.len()) {
+            Some(src) => {
+                dst.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+    fn patch(&mut self, _: &Clip, _: u32) -> bool {
+        false
+    }
+    fn delivered(&self) -> bool {
+        true
+    }
+}
+
 impl Packet for ReceiverPacket<'_> {
     fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {
         self.bytes.load(off, dst)
@@ -499,6 +532,8 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
     let mut received = vec![0u8; n];
     let mut copies = Vec::new();
     let mut dropped = 0;
+    let mut ahead = 0;
+    let mut kept: Vec<u8> = Vec::new();
     let mut held = 0;
     let mut missed = Vec::new();
     let mut quiet = 0;
@@ -533,9 +568,13 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
             } else {
                 w.max_seg
             };
-            let e = (s + 1 + rng.below(limit as u64) as usize)
+            let mut e = (s + 1 + rng.below(limit as u64) as usize)
                 .min(n.max(s + 1))
                 .min(n);
+            if w.sack {
+                // Up to the next byte the receiver has: what it has, it has SACKed.
+                e = have[s..e].iter().position(|&h| h).map_or(e, |i| s + i);
+            }
             next_new = next_new.max(e);
             (s, e)
         };
@@ -568,14 +607,18 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
                 bytes: VecPacket(&mut bytes),
                 rcv_nxt,
             };
-            let admit = segment::process(
+            let admit = segment::process_ahead(
                 &mut t,
                 seq,
                 pkt.bytes.0.len() as u32,
                 &mut pkt,
+                &mut KeptPacket(&kept),
                 &mut env,
                 1 << 16,
             );
+            if admit == Admit::Ahead {
+                kept = pkt.bytes.0.to_vec();
+            }
             let q = Quiet::of(&t);
             if windows[newest] != q {
                 windows.push(q);
@@ -596,6 +639,10 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
                 continue;
             }
             Admit::Track { miss: true } => missed.push(used),
+            Admit::Ahead => {
+                ahead += 1;
+                copies.push(used);
+            }
             Admit::Pass | Admit::Track { miss: false } => copies.push(used),
         }
         if seg.dropped_after {
@@ -612,6 +659,7 @@ pub fn deliver(stream: &[u8], isn: u32, rx: Receiver, w: Weather, rng: &mut Rng)
         received,
         copies,
         dropped,
+        ahead,
         held,
         missed,
         quiet,
