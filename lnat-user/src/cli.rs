@@ -34,6 +34,25 @@ pub enum Command {
     /// Meant for before installing anything: it connects from a reserved port as LNet does,
     /// exchanges HELLOs with the server, sends no LNet message and prints the one thing to do.
     Probe(ProbeArgs),
+    /// Print a shell completion script (e.g. `lnat completions bash > /etc/bash_completion.d/lnat`).
+    Completions(CompletionsArgs),
+    /// Write lnat's manual pages (lnat.1 and one per command) into a directory, for packaging.
+    Man(ManArgs),
+}
+
+/// `lnat completions`.
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell the script is for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `lnat man`.
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Where the pages go (created if missing).
+    pub dir: std::path::PathBuf,
 }
 
 /// `lnat attach`.

@@ -33,6 +33,8 @@ fn main() -> ExitCode {
         Command::Status(args) => cmd::status::run(args),
         Command::Map(args) => cmd::map::run(args),
         Command::Probe(args) => cmd::probe::run(args),
+        Command::Completions(args) => cmd::docs::completions(&args),
+        Command::Man(args) => cmd::docs::man(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -224,3 +224,57 @@ fn static_mappings_change_while_traffic_flows() {
         report.failures
     );
 }
+
+/// What a package installs beside the binary comes from the command line itself: each shell's
+/// completions offer every command, the bash script parses, and the manual pages cover lnat and
+/// each command with its options; an unknown shell is a one-line error.
+#[test]
+fn completions_and_manual_pages_cover_every_command() {
+    let bin = harness::lnat_bin();
+    let run = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .args(args)
+            .output()
+            .expect("running lnat");
+        assert!(out.status.success(), "lnat {args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let commands = ["attach", "status", "map", "probe", "completions", "man"];
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        for c in commands {
+            assert!(script.contains(c), "{shell} completions lack {c}");
+        }
+    }
+    let path = std::env::temp_dir().join(format!("lnat-completion-{}.bash", std::process::id()));
+    std::fs::write(&path, run(&["completions", "bash"])).expect("writing the script");
+    let parsed = Command::new("bash").arg("-n").arg(&path).status();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        parsed.expect("bash").success(),
+        "the bash script does not parse"
+    );
+    let dir = std::env::temp_dir().join(format!("lnat-man-{}", std::process::id()));
+    run(&["man", &dir.to_string_lossy()]);
+    let page = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let (top, attach) = (page("lnat.1"), page("lnat-attach.1"));
+    let probe = page("lnat-probe.1");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        top.starts_with(".ie") && top.contains(".TH lnat 1"),
+        "{top}"
+    );
+    for c in commands {
+        assert!(top.contains(c), "lnat.1 lacks {c}");
+    }
+    assert!(attach.contains(".TH lnat-attach 1"), "{attach}");
+    assert!(attach.contains("\\-\\-attach\\-mode") && attach.contains("\\-\\-ingress\\-only"));
+    assert!(probe.contains("SERVER_NID"), "{probe}");
+    let (code, e) = fails({
+        let mut c = Command::new(&bin);
+        c.args(["completions", "tcsh"]);
+        c
+    });
+    assert_eq!(code, 2);
+    assert_one_line(code, &e, "invalid value 'tcsh'");
+}
