@@ -559,6 +559,43 @@ fn v2_checksums_survive_every_split() {
     }
 }
 
+/// A random stream (`role`, `proto`, `endian`) delivered through `w` to a learning receiver
+/// (the socket's `rcv_nxt` known for even seeds); asserts that the receiver got exactly the
+/// reference rewrite and that every copy agrees with it.
+fn deliver_exactly(
+    seed: u64,
+    rng: &mut Rng,
+    role: Role,
+    proto: Proto,
+    endian: Endian,
+    w: Weather,
+) -> lnat_testkit::Delivered {
+    let c = cast();
+    let spec = lnat_testkit::random_stream(rng, role, proto, endian, c, &lnet_dests(c));
+    let stream = spec.bytes();
+    let mut env = learning_env();
+    if proto == Proto::V1 {
+        env.mappings.insert(c.external, 0);
+    }
+    let want = lnat_testkit::expected(&stream, role, LOCAL, &env);
+    let hint = hint_of(&env);
+    let rx = Receiver {
+        role,
+        local: LOCAL,
+        env,
+        hint,
+        socket: seed.is_multiple_of(2),
+        dir: Direction::In,
+    };
+    let d = lnat_testkit::deliver(&stream, rng.bits() as u32, rx, w, rng);
+    assert!(
+        d.received == want.bytes,
+        "seed {seed}: received bytes differ"
+    );
+    assert_eq!(copies_agree_at(&d, &want.bytes), None, "seed {seed}");
+    d
+}
+
 /// Segments inside payloads pass on a published quiet window, as the datapath passes them
 /// without taking the flow: a stale window as often as the newest, and the receiver still gets
 /// exactly the reference rewrite.
@@ -587,29 +624,7 @@ fn segments_inside_payloads_pass_on_the_quiet_window() {
         } else {
             Role::Active
         };
-        let c = cast();
-        let spec = lnat_testkit::random_stream(&mut rng, role, proto, endian, c, &lnet_dests(c));
-        let stream = spec.bytes();
-        let mut env = learning_env();
-        if proto == Proto::V1 {
-            env.mappings.insert(c.external, 0);
-        }
-        let want = lnat_testkit::expected(&stream, role, LOCAL, &env);
-        let hint = hint_of(&env);
-        let rx = Receiver {
-            role,
-            local: LOCAL,
-            env,
-            hint,
-            socket: seed % 2 == 0,
-            dir: Direction::In,
-        };
-        let d = lnat_testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
-        assert!(
-            d.received == want.bytes,
-            "seed {seed}: received bytes differ"
-        );
-        assert_eq!(copies_agree_at(&d, &want.bytes), None, "seed {seed}");
+        let d = deliver_exactly(seed, &mut rng, role, proto, endian, w);
         quiet += d.quiet;
     }
     assert!(quiet > 1000, "only {quiet} segments passed on a window");
@@ -634,36 +649,7 @@ fn segments_beyond_a_hole_go_ahead_and_are_parsed_from_where_they_were_kept() {
     for seed in 0..300 {
         let mut rng = Rng::new(seed);
         let proto = [Proto::V1, Proto::V3][seed as usize % 2];
-        let c = cast();
-        let spec = lnat_testkit::random_stream(
-            &mut rng,
-            Role::Active,
-            proto,
-            Endian::Little,
-            c,
-            &lnet_dests(c),
-        );
-        let stream = spec.bytes();
-        let mut env = learning_env();
-        if proto == Proto::V1 {
-            env.mappings.insert(c.external, 0);
-        }
-        let want = lnat_testkit::expected(&stream, Role::Active, LOCAL, &env);
-        let hint = hint_of(&env);
-        let rx = Receiver {
-            role: Role::Active,
-            local: LOCAL,
-            env,
-            hint,
-            socket: seed % 2 == 0,
-            dir: Direction::In,
-        };
-        let d = lnat_testkit::deliver(&stream, rng.bits() as u32, rx, w, &mut rng);
-        assert!(
-            d.received == want.bytes,
-            "seed {seed}: received bytes differ"
-        );
-        assert_eq!(copies_agree_at(&d, &want.bytes), None, "seed {seed}");
+        let d = deliver_exactly(seed, &mut rng, Role::Active, proto, Endian::Little, w);
         assert!(!d.tracker.desynced(), "seed {seed}: {:?}", d.tracker.desync);
         ahead += d.ahead;
         dropped += d.dropped;

@@ -293,11 +293,7 @@ const PROGS: &str = "LNAT_PROGS";
 /// Verifies the kept-segment pass and puts it where the ingress program tail-calls it, before
 /// the ingress program sees a packet.
 pub fn load_kept_pass(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(KEPT_PASS)
-        .with_context(|| format!("the datapath object has no {KEPT_PASS} program"))?
-        .try_into()
-        .with_context(|| format!("the {KEPT_PASS} program is not a TC classifier"))?;
+    let prog = classifier_named(ebpf, KEPT_PASS)?;
     prog.load().map_err(rejected)?;
     let fd = prog
         .fd()
@@ -329,7 +325,11 @@ fn rejected(e: ProgramError) -> anyhow::Error {
 }
 
 fn classifier(ebpf: &mut Ebpf, hook: Hook) -> anyhow::Result<&mut SchedClassifier> {
-    let name = hook.program();
+    classifier_named(ebpf, hook.program())
+}
+
+/// The object's TC program `name`.
+fn classifier_named<'e>(ebpf: &'e mut Ebpf, name: &str) -> anyhow::Result<&'e mut SchedClassifier> {
     ebpf.program_mut(name)
         .with_context(|| format!("the datapath object has no {name} program"))?
         .try_into()

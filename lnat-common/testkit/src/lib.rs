@@ -72,16 +72,21 @@ impl Env for MapEnv {
 /// A segment payload in memory.
 pub struct VecPacket<'a>(pub &'a mut [u8]);
 
+/// Copies `bytes[off..off + dst.len()]` into `dst`: a packet load from memory.
+fn load_from(bytes: &[u8], off: u32, dst: &mut [u8]) -> bool {
+    let off = off as usize;
+    match bytes.get(off..off + dst.len()) {
+        Some(src) => {
+            dst.copy_from_slice(src);
+            true
+        }
+        None => false,
+    }
+}
+
 impl Packet for VecPacket<'_> {
     fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {
-        let off = off as usize;
-        match self.0.get(off..off + dst.len()) {
-            Some(src) => {
-                dst.copy_from_slice(src);
-                true
-            }
-            None => false,
-        }
+        load_from(self.0, off, dst)
     }
     fn patch(&mut self, clip: &Clip, _reach: u32) -> bool {
         let off = clip.off as usize;
@@ -482,14 +487,7 @@ struct KeptPacket<'a>(&'a [u8]);
 
 impl Packet for KeptPacket<'_> {
     fn load(&mut self, off: u32, dst: &mut [u8]) -> bool {
-        let off = off as usize;
-        match self.0.get(off..off + dst.len()) {
-            Some(src) => {
-                dst.copy_from_slice(src);
-                true
-            }
-            None => false,
-        }
+        load_from(self.0, off, dst)
     }
     fn patch(&mut self, _: &Clip, _: u32) -> bool {
         false
